@@ -1,0 +1,34 @@
+// CPU side of the divergence evaluation binding (see include/fdiv_ops/divergence_eval.h).
+#include "fdiv_ops/divergence_eval.h"
+
+#include <stdexcept>
+
+namespace fdiv_ops {
+namespace {
+
+template <typename T>
+void eval(const DivergenceEvalArgs& a) {
+  const T* l = static_cast<const T*>(a.log_ratio);
+  T* f = static_cast<T*>(a.f_out);
+  T* psi = static_cast<T*>(a.psi_out);
+  T* h = static_cast<T*>(a.h_out);
+  const T param = T(a.divergence.param);
+  for (int64_t i = 0; i < a.n; ++i) {
+    f[i] = div_f(a.divergence.kind, l[i], param);
+    psi[i] = div_psi(a.divergence.kind, l[i], param);
+    h[i] = div_h(a.divergence.kind, l[i], param);
+  }
+}
+
+}  // namespace
+
+void divergence_eval_cpu(const DivergenceEvalArgs& args) {
+  if (args.dtype == DType::float64)
+    eval<double>(args);
+  else if (args.dtype == DType::float32)
+    eval<float>(args);
+  else
+    throw std::invalid_argument("divergence_eval: log_ratio must be float32 or float64");
+}
+
+}  // namespace fdiv_ops

@@ -1,0 +1,144 @@
+// CPU kernel of f_distill_loss; the formula and the passes are in include/fdiv_ops/f_distill.h.
+// Bytes moved: pass 1 reads x, teacher_x0, fake_x0; pass 2 re-reads teacher_x0 and fake_x0 (from cache
+// when a chunk fits: chunks are 32 Ki elements) and writes the gradient. Parallel over (sample, chunk)
+// jobs so that B = 1 still uses every core; inner loops vectorised, with AVX2/AVX-512 clones picked at
+// run time so the wheel still runs on a baseline x86-64.
+#include <algorithm>
+#include <cmath>
+
+#include "fdiv_ops/cpu_types.h"
+#include "fdiv_ops/f_distill.h"
+
+namespace fdiv_ops {
+namespace {
+
+using cpu::to_float;
+
+#if defined(__x86_64__) && !defined(__clang__)
+#define FDIV_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FDIV_CPU_CLONES
+#endif
+
+template <typename T, typename A>
+__attribute__((always_inline)) inline void chunk_sums_impl(const T* x, const T* t, const T* f, int64_t n,
+                                                           A* abs_sum, A* sq_sum) {
+  A sa = 0, ss = 0;
+#pragma omp simd reduction(+ : sa, ss)
+  for (int64_t i = 0; i < n; ++i) {
+    A tv = static_cast<A>(to_float(t[i]));
+    A d = static_cast<A>(to_float(f[i])) - tv;
+    sa += std::fabs(static_cast<A>(to_float(x[i])) - tv);
+    ss += d * d;
+  }
+  *abs_sum = sa;
+  *sq_sum = ss;
+}
+
+template <typename T, typename A>
+__attribute__((always_inline)) inline void chunk_grad_impl(const T* t, const T* f, int64_t n, A w, T* g) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    A d = static_cast<A>(to_float(f[i])) - static_cast<A>(to_float(t[i]));
+    g[i] = cpu::from_float<T>(w * d);
+  }
+}
+
+// Non-template entry points so that target_clones can multiversion them (it does not apply to templates).
+#define FDIV_CHUNK_FNS(T, A)                                                                         \
+  FDIV_CPU_CLONES void chunk_sums(const T* x, const T* t, const T* f, int64_t n, A* sa, A* ss) {     \
+    chunk_sums_impl<T, A>(x, t, f, n, sa, ss);                                                       \
+  }                                                                                                  \
+  FDIV_CPU_CLONES void chunk_grad(const T* t, const T* f, int64_t n, A w, T* g) {                    \
+    chunk_grad_impl<T, A>(t, f, n, w, g);                                                            \
+  }
+FDIV_CHUNK_FNS(float, float)
+FDIV_CHUNK_FNS(double, double)
+FDIV_CHUNK_FNS(cpu::bf16, float)
+FDIV_CHUNK_FNS(cpu::f16, float)
+#undef FDIV_CHUNK_FNS
+
+template <typename T>
+void f_distill_impl(const FDistillArgs& a, int num_threads) {
+  using A = acc_t<T>;
+  const int64_t B = a.batch, D = a.dim, chunk = kFDistillChunkCpu;
+  const int64_t nchunks = f_distill_num_chunks(D, false), jobs = B * nchunks;
+  const T* x = static_cast<const T*>(a.x);
+  const T* t = static_cast<const T*>(a.teacher_x0);
+  const T* f = static_cast<const T*>(a.fake_x0);
+  T* g = static_cast<T*>(a.grad);
+  A* partial = static_cast<A*>(a.workspace);
+  A* grad_scale = partial + 2 * jobs;
+
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+  for (int64_t job = 0; job < jobs; ++job) {
+    const int64_t b = job / nchunks, begin = (job % nchunks) * chunk, off = b * D + begin;
+    chunk_sums(x + off, t + off, f + off, std::min(chunk, D - begin), &partial[2 * job], &partial[2 * job + 1]);
+  }
+
+  const A* h = static_cast<const A*>(a.h);
+  const A* stats = static_cast<const A*>(a.h_stats);
+  const A h_den = stats ? stats[0] / stats[1] + A(1e-6) : A(1);
+  A total = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    A abs_sum = 0, sq_sum = 0;
+    for (int64_t c = 0; c < nchunks; ++c) {
+      abs_sum += partial[2 * (b * nchunks + c)];
+      sq_sum += partial[2 * (b * nchunks + c) + 1];
+    }
+    const A n_b = abs_sum / A(D);
+    const A h_b = h ? h[b] / h_den : A(1);
+    const A w_b = h_b / (n_b + A(a.eps));
+    static_cast<A*>(a.normalizer_out)[b] = n_b;
+    static_cast<A*>(a.weight_out)[b] = h_b;
+    grad_scale[b] = A(a.scale) * w_b;
+    total += w_b * w_b * sq_sum;
+  }
+  static_cast<A*>(a.loss)[0] = A(0.5) * A(a.scale) * total;
+
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+  for (int64_t job = 0; job < jobs; ++job) {
+    const int64_t b = job / nchunks, begin = (job % nchunks) * chunk, off = b * D + begin;
+    chunk_grad(t + off, f + off, std::min(chunk, D - begin), grad_scale[b], g + off);
+  }
+}
+
+template <typename L, typename A>
+void weights_impl(const FDistillWeightsArgs& a) {
+  const L* logits = static_cast<const L*>(a.logits);
+  const A* divisor = static_cast<const A*>(a.ratio_divisor);
+  A* r_out = static_cast<A*>(a.ratio_out);
+  A* h_out = static_cast<A*>(a.h_out);
+  const A param = A(a.divergence.param);
+  A h_sum = 0;
+  for (int64_t b = 0; b < a.batch; ++b) {
+    A mean = 0;
+    for (int64_t k = 0; k < a.heads; ++k) mean += static_cast<A>(to_float(logits[b * a.heads + k]));
+    mean /= A(a.heads);
+    const A l = clamp_(mean, A(-a.logit_clamp), A(a.logit_clamp));
+    A r = clamp_(std::exp(l), A(a.ratio_lo), A(a.ratio_hi));
+    if (divisor) r /= divisor[b];
+    r_out[b] = r;
+    h_out[b] = div_h(a.divergence.kind, std::log(r), param);
+    h_sum += h_out[b];
+  }
+  static_cast<A*>(a.h_stats_out)[0] = h_sum;
+  static_cast<A*>(a.h_stats_out)[1] = A(a.batch);
+}
+
+}  // namespace
+
+void f_distill_cpu(const FDistillArgs& args, int num_threads) {
+  FDIV_DISPATCH_FLOATING(args.dtype, cpu::bf16, cpu::f16, [&] { f_distill_impl<scalar_t>(args, num_threads); });
+}
+
+void f_distill_weights_cpu(const FDistillWeightsArgs& args) {
+  FDIV_DISPATCH_FLOATING(args.logits_dtype, cpu::bf16, cpu::f16, [&] {
+    if (args.acc_dtype == DType::float64)
+      weights_impl<scalar_t, double>(args);
+    else
+      weights_impl<scalar_t, float>(args);
+  });
+}
+
+}  // namespace fdiv_ops

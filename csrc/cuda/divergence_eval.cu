@@ -1,0 +1,36 @@
+// CUDA side of the divergence evaluation binding: the same functors as the CPU, on the device.
+#include "fdiv_ops/cuda_utils.cuh"
+#include "fdiv_ops/divergence_eval.h"
+
+namespace fdiv_ops {
+namespace {
+
+template <typename T>
+__global__ void eval_kernel(DivergenceSpec d, const T* l, int64_t n, T* f, T* psi, T* h) {
+  const T param = T(d.param);
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    f[i] = div_f(d.kind, l[i], param);
+    psi[i] = div_psi(d.kind, l[i], param);
+    h[i] = div_h(d.kind, l[i], param);
+  }
+}
+
+template <typename T>
+int launch(const DivergenceEvalArgs& a, cudaStream_t s) {
+  if (a.n == 0) return 0;
+  const int threads = 256;
+  const int blocks = static_cast<int>((a.n + threads - 1) / threads < 4096 ? (a.n + threads - 1) / threads : 4096);
+  eval_kernel<T><<<blocks, threads, 0, s>>>(a.divergence, static_cast<const T*>(a.log_ratio), a.n,
+                                            static_cast<T*>(a.f_out), static_cast<T*>(a.psi_out),
+                                            static_cast<T*>(a.h_out));
+  return cuda::launch_status();
+}
+
+}  // namespace
+
+int divergence_eval_cuda(const DivergenceEvalArgs& args, void* stream) {
+  auto s = static_cast<cudaStream_t>(stream);
+  return args.dtype == DType::float64 ? launch<double>(args, s) : launch<float>(args, s);
+}
+
+}  // namespace fdiv_ops

@@ -1,0 +1,1 @@
+"""Benchmark harness behind ``fdiv-ops bench``: timing, providers and per-op cases."""

@@ -1,0 +1,119 @@
+"""The divergences of fdiv-ops, by name or as objects (docs/math.md §1).
+
+p is the target, q the model, r = p/q. ``forward_kl`` is KL(p||q) (mass-covering), ``reverse_kl`` is
+KL(q||p) (mode-seeking). Every op accepts a name (``"js"``, ``"alpha(0.5)"``) or an object from the
+constructors here (``fdiv_ops.alpha(0.5)``, ``fdiv_ops.gkd_jsd(0.9)``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from . import _C
+
+# name -> (parameter name, default) for the parametric ones; None for the rest.
+_PARAMETERS: dict[str, tuple[str, float | None] | None] = {
+    "forward_kl": None,
+    "reverse_kl": None,
+    "js": None,
+    "gkd_jsd": ("beta", 0.5),  # TRL's GKD default
+    "squared_hellinger": None,
+    "softened_rkl": None,
+    "jeffreys": None,
+    "total_variation": None,
+    "pearson_chi2": None,
+    "neyman_chi2": None,
+    "alpha": ("alpha", None),  # no neutral default: the caller chooses
+    "skew_forward_kl": ("lam", 0.1),  # DistiLLM's default skew
+    "skew_reverse_kl": ("lam", 0.1),
+}
+DIVERGENCES: tuple[str, ...] = tuple(_PARAMETERS)
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """One f-divergence: its name and, for gkd_jsd / alpha / skew_*, its parameter."""
+
+    name: str
+    param: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in _PARAMETERS:
+            raise ValueError(f"unknown divergence {self.name!r}; valid: {', '.join(DIVERGENCES)}")
+        spec = _PARAMETERS[self.name]
+        if spec is None:
+            if self.param is not None:
+                raise ValueError(f"divergence {self.name!r} takes no parameter, got {self.param!r}")
+            return
+        pname, _ = spec
+        if self.param is None:
+            raise ValueError(f"divergence {self.name!r} needs its parameter {pname}: use fdiv_ops.{self.name}(...)")
+        value = float(self.param)
+        if not math.isfinite(value):
+            raise ValueError(f"{self.name}: {pname} must be finite, got {value}")
+        if self.name == "alpha" and value in (0.0, 1.0):
+            raise ValueError(
+                "alpha: alpha must not be 0 or 1 (the limits are reverse_kl and forward_kl: use those names)"
+            )
+        if self.name != "alpha" and not 0.0 <= value <= 1.0:
+            raise ValueError(f"{self.name}: {pname} must lie in [0, 1], got {value}")
+        object.__setattr__(self, "param", value)
+
+    @property
+    def kernel_id(self) -> int:
+        """The id of the C++ functor (csrc/include/fdiv_ops/divergences.h)."""
+        return int(_C.DIVERGENCE_IDS[self.name])
+
+    @property
+    def kernel_param(self) -> float:
+        return 0.0 if self.param is None else float(self.param)
+
+    def __str__(self) -> str:
+        return self.name if self.param is None else f"{self.name}({self.param:g})"
+
+
+def alpha(alpha: float) -> Divergence:
+    """Amari alpha-divergence; alpha -> 1 is forward_kl, alpha -> 0 is reverse_kl."""
+    return Divergence("alpha", alpha)
+
+
+def gkd_jsd(beta: float = 0.5) -> Divergence:
+    """GKD's generalised JSD: beta KL(p||m) + (1-beta) KL(q||m), m = beta p + (1-beta) q.
+
+    As in TRL's ``generalized_jsd_loss``, beta = 0 is forward_kl and beta = 1 is reverse_kl.
+    """
+    return Divergence("gkd_jsd", beta)
+
+
+def skew_forward_kl(lam: float = 0.1) -> Divergence:
+    """DistiLLM's skew KL: KL(p || lam p + (1-lam) q)."""
+    return Divergence("skew_forward_kl", lam)
+
+
+def skew_reverse_kl(lam: float = 0.1) -> Divergence:
+    """DistiLLM's skew reverse KL: KL(q || (1-lam) p + lam q)."""
+    return Divergence("skew_reverse_kl", lam)
+
+
+_CALL = re.compile(r"^\s*([a-z_0-9]+)\s*(?:\(\s*([^)]*?)\s*\))?\s*$")
+
+
+def resolve(divergence: str | Divergence, *, argname: str = "divergence") -> Divergence:
+    """A Divergence from a name ("js", "alpha(0.5)", "gkd_jsd") or a Divergence; defaults fill in."""
+    if isinstance(divergence, Divergence):
+        return divergence
+    if not isinstance(divergence, str):
+        raise TypeError(f"{argname} must be a divergence name or fdiv_ops.Divergence, got {type(divergence).__name__}")
+    match = _CALL.match(divergence)
+    name = match.group(1) if match else divergence
+    if name not in _PARAMETERS:
+        raise ValueError(f"{argname}: unknown divergence {divergence!r}; valid: {', '.join(DIVERGENCES)}")
+    if match and match.group(2):
+        try:
+            return Divergence(name, float(match.group(2)))
+        except ValueError as err:
+            raise ValueError(f"{argname}: {err}") from None
+    spec = _PARAMETERS[name]
+    return Divergence(name, None if spec is None else spec[1])

@@ -1,0 +1,1 @@
+"""One module per op: validation, allocation and the torch.library registration of its kernels."""

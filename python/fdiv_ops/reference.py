@@ -1,0 +1,210 @@
+"""Independent eager PyTorch mirror of every op, float64-capable: the tests' truth and the benchmark's
+eager baseline. Written from docs/math.md, not from the kernels: f, psi and h come from r = p/q with
+explicit limits at r = 0 and r = inf, whereas the C++ functors work in log space.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .divergences import Divergence, resolve
+
+LOG2 = math.log(2.0)
+
+
+def _limits(l: torch.Tensor, value: torch.Tensor, at_zero: float, at_inf: float) -> torch.Tensor:
+    """`value` where l is finite; the mathematical limits at r = 0 (l = -inf) and r = inf (l = +inf)."""
+    value = torch.where(l == -math.inf, torch.full_like(value, at_zero), value)
+    return torch.where(l == math.inf, torch.full_like(value, at_inf), value)
+
+
+def _fin(l: torch.Tensor) -> torch.Tensor:
+    """l with the infinities replaced by 0, so the finite formula evaluates without NaN (masked later)."""
+    return torch.where(torch.isfinite(l), l, torch.zeros_like(l))
+
+
+def f(divergence: str | Divergence, log_ratio: torch.Tensor) -> torch.Tensor:
+    """The generator f(r) at r = exp(log_ratio)."""
+    d = resolve(divergence)
+    l = log_ratio
+    x = _fin(l)
+    r = torch.exp(x)
+    inf = math.inf
+    name, a = d.name, d.param
+    if name == "gkd_jsd" and a in (0.0, 1.0):  # TRL's endpoints
+        return f("forward_kl" if a == 0.0 else "reverse_kl", l)
+    if name == "forward_kl":
+        return _limits(l, torch.special.xlogy(r, r), 0.0, inf)
+    if name == "reverse_kl":
+        return -l
+    if name == "js":
+        return _limits(l, torch.special.xlogy(r, r) - (r + 1) * torch.log((r + 1) / 2), LOG2, inf)
+    if name == "gkd_jsd":
+        m = a * r + 1 - a
+        return _limits(l, a * r * torch.log(r / m) - (1 - a) * torch.log(m), -(1 - a) * math.log(1 - a), inf)
+    if name == "squared_hellinger":
+        return _limits(l, 1 - torch.sqrt(r), 1.0, -inf)
+    if name == "softened_rkl":
+        return _limits(l, (r + 1) * torch.log((r + 1) / (2 * r)), inf, -inf)
+    if name == "jeffreys":
+        return _limits(l, torch.expm1(x) * x, inf, inf)
+    if name == "total_variation":
+        return _limits(l, 0.5 * torch.abs(torch.expm1(x)), 0.5, inf)
+    if name == "pearson_chi2":
+        return _limits(l, torch.expm1(x) ** 2, 1.0, inf)
+    if name == "neyman_chi2":
+        return _limits(l, torch.expm1(x) ** 2 / r, inf, inf)
+    if name == "alpha":
+        value = (torch.expm1(a * x) - a * torch.expm1(x)) / (a * (a - 1))
+        return _limits(l, value, 1 / a if a > 0 else inf, inf)
+    if name == "skew_forward_kl":
+        m = a * r + 1 - a
+        at_inf = inf if a < 1 else 0.0
+        return _limits(l, r * torch.log(r / m), 0.0, at_inf)
+    if name == "skew_reverse_kl":
+        at_zero = -math.log(a) if a > 0 else inf
+        return _limits(l, -torch.log((1 - a) * r + a), at_zero, -inf if a < 1 else 0.0)
+    raise AssertionError(name)
+
+
+def psi(divergence: str | Divergence, log_ratio: torch.Tensor) -> torch.Tensor:
+    """psi(r) = f(r) - r f'(r): the gradient of D_f with respect to the model's own probability."""
+    d = resolve(divergence)
+    l = log_ratio
+    x = _fin(l)
+    r = torch.exp(x)
+    inf = math.inf
+    name, a = d.name, d.param
+    if name == "gkd_jsd" and a in (0.0, 1.0):
+        return psi("forward_kl" if a == 0.0 else "reverse_kl", l)
+    if name == "forward_kl":
+        return _limits(l, -r, 0.0, -inf)
+    if name == "reverse_kl":
+        return 1 - l
+    if name == "js":
+        return _limits(l, torch.log(2 / (1 + r)), LOG2, -inf)
+    if name == "gkd_jsd":
+        return _limits(l, -(1 - a) * torch.log(a * r + 1 - a), -(1 - a) * math.log(1 - a), -inf)
+    if name == "squared_hellinger":
+        return _limits(l, 1 - torch.sqrt(r) / 2, 1.0, -inf)
+    if name == "softened_rkl":
+        return _limits(l, torch.log((r + 1) / (2 * r)) + 1, inf, 1 - LOG2)
+    if name == "jeffreys":
+        return _limits(l, 1 - r - x, inf, -inf)
+    if name == "total_variation":
+        return -0.5 * torch.sign(l)
+    if name == "pearson_chi2":
+        return _limits(l, -torch.expm1(2 * x), 1.0, -inf)
+    if name == "neyman_chi2":
+        return _limits(l, 2 / r - 2, inf, -2.0)
+    if name == "alpha":
+        value = -torch.expm1(a * x) / a
+        return _limits(l, value, 1 / a if a > 0 else inf, -inf if a > 0 else 1 / a)
+    if name == "skew_forward_kl":
+        m = a * r + 1 - a
+        at_inf = -(1 - a) / a if a > 0 else -inf
+        return _limits(l, -(1 - a) * r / m, 0.0, at_inf)
+    if name == "skew_reverse_kl":
+        n = (1 - a) * r + a
+        at_zero = -math.log(a) if a > 0 else inf
+        return _limits(l, -torch.log(n) + (1 - a) * r / n, at_zero, -inf if a < 1 else 0.0)
+    raise AssertionError(name)
+
+
+def h(divergence: str | Divergence, log_ratio: torch.Tensor) -> torch.Tensor:
+    """h(r) = r^2 f''(r) = -d psi / d log r: the f-distill weighting function."""
+    d = resolve(divergence)
+    l = log_ratio
+    x = _fin(l)
+    r = torch.exp(x)
+    inf = math.inf
+    name, a = d.name, d.param
+    if name == "gkd_jsd" and a in (0.0, 1.0):
+        return h("forward_kl" if a == 0.0 else "reverse_kl", l)
+    ones = torch.ones_like(r)
+    if name == "forward_kl":
+        return _limits(l, r, 0.0, inf)
+    if name == "reverse_kl":
+        return ones
+    if name == "js":
+        return _limits(l, r / (r + 1), 0.0, 1.0)
+    if name == "gkd_jsd":
+        return _limits(l, a * (1 - a) * r / (a * r + 1 - a), 0.0, 1 - a)
+    if name == "squared_hellinger":
+        return _limits(l, torch.sqrt(r) / 4, 0.0, inf)
+    if name == "softened_rkl":
+        return _limits(l, 1 / (r + 1), 1.0, 0.0)
+    if name == "jeffreys":
+        return _limits(l, r + 1, 1.0, inf)
+    if name == "total_variation":
+        return torch.zeros_like(r)
+    if name == "pearson_chi2":
+        return _limits(l, 2 * r**2, 0.0, inf)
+    if name == "neyman_chi2":
+        return _limits(l, 2 / r, inf, 0.0)
+    if name == "alpha":
+        return _limits(l, r**a, 0.0 if a > 0 else inf, inf if a > 0 else 0.0)
+    if name == "skew_forward_kl":
+        return _limits(l, (1 - a) ** 2 * r / (a * r + 1 - a) ** 2, 0.0, 0.0 if a > 0 else inf)
+    if name == "skew_reverse_kl":
+        u = (1 - a) * r / ((1 - a) * r + a)
+        return _limits(l, u**2, 0.0 if a > 0 else 1.0, 1.0 if a < 1 else 0.0)
+    raise AssertionError(name)
+
+
+# ---------------------------------------------------------------------------------------------------
+# f_distill_loss (docs/math.md §2), written the way FastGen / DMD2 trainers write it.
+
+
+def f_distill_weights(
+    disc_logits: torch.Tensor,
+    divergence: str | Divergence,
+    *,
+    logit_clamp: float = 10.0,
+    ratio_clip: tuple[float, float] = (0.1, 20.0),
+    ratio_divisor: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r_b, h(r_b)) from the discriminator logits (B,) or (B, K), in the logits' dtype."""
+    logits = disc_logits.reshape(disc_logits.shape[0], -1)
+    ell = logits.mean(dim=1).clamp(-logit_clamp, logit_clamp)
+    r = torch.exp(ell).clamp(ratio_clip[0], ratio_clip[1])
+    if ratio_divisor is not None:
+        r = r / ratio_divisor
+    return r, h(divergence, torch.log(r))
+
+
+def f_distill_loss(
+    x: torch.Tensor,
+    teacher_x0: torch.Tensor,
+    fake_x0: torch.Tensor,
+    disc_logits: torch.Tensor | None = None,
+    *,
+    divergence: str | Divergence = "reverse_kl",
+    logit_clamp: float = 10.0,
+    ratio_clip: tuple[float, float] = (0.1, 20.0),
+    normalize: bool = True,
+    eps: float = 1e-6,
+    reduction: str = "mean",
+    ratio_divisor: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Eager f-distill / DMD2 generator loss; its gradient to x is g / (B D) ("mean") or g ("sum")."""
+    batch = x.shape[0]
+    with torch.no_grad():
+        if disc_logits is None:
+            hb = torch.ones(batch, dtype=x.dtype, device=x.device)
+        else:
+            _, hb = f_distill_weights(
+                disc_logits, divergence, logit_clamp=logit_clamp, ratio_clip=ratio_clip, ratio_divisor=ratio_divisor
+            )
+            hb = hb.to(x.dtype)
+            if normalize:
+                hb = hb / (hb.mean() + 1e-6)
+        view = (batch,) + (1,) * (x.dim() - 1)
+        normalizer = (x - teacher_x0).abs().reshape(batch, -1).mean(dim=1)
+        weight = hb / (normalizer + eps)
+        g = weight.view(view) * (fake_x0 - teacher_x0)
+        target = (x - g).detach()
+    return 0.5 * F.mse_loss(x, target, reduction=reduction)

@@ -1,0 +1,229 @@
+"""f_distill_loss against the float64 eager reference (docs/math.md §2), its registration, and its errors.
+
+The loss is DMD's stop-gradient surrogate: its value is 0.5 * mean(g^2) while its gradient treats g as
+detached, so a literal gradcheck of the value cannot hold (not for the reference either). The gradient is
+instead held against float64 autograd of the reference surrogate, and the registration against opcheck.
+"""
+
+import pytest
+import torch
+
+import fdiv_ops
+from fdiv_ops import reference as ref
+
+H_DIVERGENCES = [
+    "reverse_kl", "forward_kl", "js", "squared_hellinger", "softened_rkl", "jeffreys", "pearson_chi2",
+    "neyman_chi2", fdiv_ops.gkd_jsd(0.5), fdiv_ops.alpha(0.5), fdiv_ops.alpha(-1.0),
+    fdiv_ops.skew_forward_kl(0.1), fdiv_ops.skew_reverse_kl(0.1),
+]
+
+
+def _inputs(shape, dtype=torch.float32, device="cpu", heads=2):
+    x = torch.randn(shape, dtype=torch.float64, device=device)
+    teacher = x + 0.3 * torch.randn(shape, dtype=torch.float64, device=device)
+    fake = x + 0.3 * torch.randn(shape, dtype=torch.float64, device=device)
+    logits = 2.0 * torch.randn(shape[0], heads, dtype=torch.float64, device=device)
+    return [t.to(dtype) for t in (x, teacher, fake)] + [logits.to(dtype)]
+
+
+def _fused(x, teacher, fake, logits, grad_scale=1.0, **kw):
+    x = x.detach().clone().requires_grad_()
+    loss = fdiv_ops.f_distill_loss(x, teacher, fake, logits, **kw)
+    (loss * grad_scale).backward()
+    return loss.detach(), x.grad
+
+
+def _reference(x, teacher, fake, logits, grad_scale=1.0, **kw):
+    x = x.detach().double().clone().requires_grad_()
+    logits = None if logits is None else logits.double()
+    loss = ref.f_distill_loss(x, teacher.double(), fake.double(), logits, **kw)
+    (loss * grad_scale).backward()
+    return loss.detach(), x.grad
+
+
+@pytest.mark.parametrize("divergence", H_DIVERGENCES, ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_reference(divergence, reduction, dtype, device):
+    x, t, f, logits = _inputs((6, 3, 17, 19), dtype, device)  # odd D = 3 * 17 * 19
+    kw = dict(divergence=divergence, reduction=reduction)
+    loss, grad = _fused(x, t, f, logits, **kw)
+    want_loss, want_grad = _reference(x, t, f, logits, **kw)
+    tol = dict(rtol=1e-5, atol=1e-9) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-15)
+    assert loss.dtype == dtype and grad.dtype == dtype
+    torch.testing.assert_close(loss.double(), want_loss, **tol)
+    torch.testing.assert_close(grad.double(), want_grad, **tol)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_without_logits_is_dmd2_and_normalize_flag(normalize, device):
+    x, t, f, logits = _inputs((4, 5, 7), device=device)
+    loss, grad = _fused(x, t, f, None)
+    want_loss, want_grad = _reference(x, t, f, None)
+    torch.testing.assert_close(loss.double(), want_loss, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(grad.double(), want_grad, rtol=1e-5, atol=1e-9)
+    loss, grad = _fused(x, t, f, logits, divergence="forward_kl", normalize=normalize)
+    want_loss, want_grad = _reference(x, t, f, logits, divergence="forward_kl", normalize=normalize)
+    torch.testing.assert_close(grad.double(), want_grad, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(1, 969), (3, 40_000), (2, 1), (5,)], ids=["B1", "multichunk", "D1", "1d"])
+def test_awkward_shapes_and_grad_output(shape, device):
+    x, t, f, logits = _inputs(shape, device=device, heads=1)
+    logits = logits[:, 0]  # (B,) logits
+    loss, grad = _fused(x, t, f, logits, grad_scale=-2.5, divergence="js")
+    want_loss, want_grad = _reference(x, t, f, logits, grad_scale=-2.5, divergence="js")
+    torch.testing.assert_close(loss.double(), want_loss, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(grad.double(), want_grad, rtol=1e-5, atol=1e-9)
+
+
+def test_non_contiguous_inputs(device):
+    x, t, f, logits = _inputs((8, 6, 5), device=device, heads=3)
+    x, t, f = (v.transpose(1, 2) for v in (x, t, f))
+    logits = logits.t().contiguous().t()  # (B, K) with strides (1, B)
+    assert not x.is_contiguous() and not logits.is_contiguous()
+    loss, grad = _fused(x, t, f, logits, divergence="squared_hellinger")
+    want_loss, want_grad = _reference(x, t, f, logits, divergence="squared_hellinger")
+    torch.testing.assert_close(grad.double(), want_grad, rtol=1e-5, atol=1e-9)
+    assert grad.shape == x.shape
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_within_twice_eager_error(dtype, device):
+    x, t, f, logits = _inputs((8, 4, 32, 32), torch.float64, device)
+    for divergence in ("reverse_kl", "js", "forward_kl"):
+        kw = dict(divergence=divergence)
+        truth_loss, truth = _reference(x, t, f, logits, **kw)
+        loss, grad = _fused(*(v.to(dtype) for v in (x, t, f)), logits.float(), **kw)
+        xe = x.to(dtype).requires_grad_()
+        eager_loss = ref.f_distill_loss(xe, t.to(dtype), f.to(dtype), logits.float(), **kw)
+        eager_loss.backward()
+        scale = truth.abs().max()
+        err = ((grad.double() - truth).abs().max() / scale).item()
+        eager_err = ((xe.grad.double() - truth).abs().max() / scale).item()
+        assert loss.dtype == torch.float32 and grad.dtype == dtype
+        assert err <= 2 * eager_err, (divergence, err, eager_err)
+        assert abs(loss.double() - truth_loss) / truth_loss <= max(2 * abs(eager_loss.double() - truth_loss) / truth_loss, 1e-5)
+
+
+def test_extreme_inputs_stay_finite(device):
+    x, t, f, logits = _inputs((4, 300), device=device)
+    logits = torch.tensor([[1e4, 1e4], [-1e4, -1e4], [0.0, 0.0], [30.0, -30.0]], device=device)
+    x = x * 1e4
+    for divergence in H_DIVERGENCES:
+        loss, grad = _fused(x, t, f, logits, divergence=divergence)
+        assert torch.isfinite(loss) and torch.isfinite(grad).all(), str(divergence)
+    same = x.clone()  # x == teacher: the normaliser is eps, still finite
+    loss, grad = _fused(x, same, f, logits, divergence="js")
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+
+
+def test_nan_input_propagates_like_reference():
+    x, t, f, logits = _inputs((3, 10))
+    x[1, 4] = float("nan")
+    loss, grad = _fused(x, t, f, logits, divergence="js")
+    _, want = _reference(x, t, f, logits, divergence="js")
+    assert torch.isnan(loss)
+    assert torch.isnan(grad[1]).all() and torch.isfinite(grad[0]).all() and torch.isnan(want[1]).all()
+
+
+def test_second_backward_through_the_same_graph_is_refused():
+    x, t, f, logits = _inputs((2, 5))
+    x.requires_grad_()
+    loss = fdiv_ops.f_distill_loss(x, t, f, logits, divergence="js")
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()
+
+
+def test_returned_statistics():
+    x, t, f, logits = _inputs((5, 3, 4))
+    out = fdiv_ops.f_distill(x, t, f, logits, divergence="js")
+    r, hb = ref.f_distill_weights(logits.double(), "js")
+    torch.testing.assert_close(out.ratio.double(), r, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(out.h.double(), hb / (hb.mean() + 1e-6), rtol=1e-6, atol=1e-7)
+    want_norm = (x - t).abs().reshape(5, -1).mean(1)
+    torch.testing.assert_close(out.normalizer, want_norm, rtol=1e-6, atol=1e-7)
+
+
+def test_opcheck():
+    x, t, f, logits = _inputs((3, 4, 5))
+    x.requires_grad_()
+    from fdiv_ops.ops.f_distill import _f_distill_op, _weights_op, compute_weights
+
+    _, hb, stats = compute_weights(logits, fdiv_ops.resolve("js"), False, 10.0, 0.1, 20.0)
+    torch.library.opcheck(_f_distill_op, (x, t, f, hb, stats, 1e-6, "mean"))
+    torch.library.opcheck(_f_distill_op, (x, t, f, None, None, 1e-6, "sum"))
+    torch.library.opcheck(_weights_op, (logits, None, False, 10.0, 0.1, 20.0, 2, 0.0))
+
+
+def test_torch_compile_fullgraph():
+    x, t, f, logits = _inputs((4, 3, 8))
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def step(x, t, f, logits):
+        return fdiv_ops.f_distill_loss(x, t, f, logits, divergence="js") * 2.0
+
+    xc = x.clone().requires_grad_()
+    step(xc, t, f, logits).backward()
+    _, want = _reference(x, t, f, logits, grad_scale=2.0, divergence="js")
+    torch.testing.assert_close(xc.grad.double(), want, rtol=1e-5, atol=1e-9)
+
+
+def test_module_time_bins_match_fastgen_rule():
+    x, t, f, logits = _inputs((6, 10))
+    time = torch.tensor([0.05, 0.15, 0.12, 0.95, 0.5, 0.55])
+    module = fdiv_ops.FDistillLoss("js", num_time_bins=10, ema_rate=0.5)
+    xg = x.clone().requires_grad_()
+    module(xg, t, f, logits, time=time).backward()
+    r, _ = ref.f_distill_weights(logits.double(), "js")
+    idx = (time.double() / 0.1).floor().long().clamp(0, 9)
+    bins = torch.ones(10, dtype=torch.float64)
+    for k in range(10):
+        sel = idx == k
+        if sel.any():
+            bins[k] = 0.5 * bins[k] + 0.5 * r[sel].mean()
+    torch.testing.assert_close(module.bins.double(), bins, rtol=1e-6, atol=1e-7)
+    _, want = _reference(x, t, f, logits, divergence="js", ratio_divisor=bins[idx] + 1e-6)
+    torch.testing.assert_close(xg.grad.double(), want, rtol=1e-5, atol=1e-9)
+    assert module.last_h.shape == (6,) and module.last_normalizer.shape == (6,)
+    module.eval()
+    before = module.bins.clone()
+    module(x, t, f, logits, time=time)
+    assert torch.equal(before, module.bins)  # eval mode leaves the bins alone
+
+
+def test_cuda_tensor_on_cpu_only_build_is_a_clear_error():
+    if fdiv_ops.build_info()["cuda"]:
+        pytest.skip("this build has CUDA")
+    from fdiv_ops._backend import device_args
+
+    with pytest.raises(RuntimeError, match="built without CUDA"):
+        device_args(torch.device("cuda"))
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t[:, :2], f, lg), ValueError, "teacher_x0 must have the shape"),
+        (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f.double(), lg), TypeError, "fake_x0 must have the dtype"),
+        (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg[:2]), ValueError, "disc_logits must have shape"),
+        (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg[..., None]), ValueError, "disc_logits must have shape"),
+        (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x[:0], t[:0], f[:0], lg[:0]), ValueError, "B >= 1"),
+        (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg, ratio_clip=(2.0, 1.0)), ValueError, "ratio_clip"),
+        (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg, ratio_clip=(0.0, 1.0)), ValueError, "ratio_clip"),
+        (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg, divergence="kl"), ValueError, "valid: forward_kl"),
+        (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg, divergence="total_variation"), ValueError,
+         "total_variation has h = 0"),
+        (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, None, divergence="js"), ValueError,
+         "only reverse_kl"),
+        (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg, eps=0.0), ValueError, "eps must be"),
+        (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg, reduction="none"), ValueError, "reduction must"),
+        (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x.long(), t, f, lg), TypeError, "x must have a floating dtype"),
+        (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x.numpy(), t, f, lg), TypeError, "x must be a torch.Tensor"),
+    ],
+)
+def test_bad_input_names_the_argument(call, error, message):
+    x, t, f, logits = _inputs((4, 3, 5))
+    with pytest.raises(error, match=message):
+        call(x, t, f, logits)
