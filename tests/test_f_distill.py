@@ -151,9 +151,12 @@ def test_opcheck():
     x.requires_grad_()
     from fdiv_ops.ops.f_distill import _f_distill_op, _weights_op, compute_weights
 
-    _, hb, stats = compute_weights(logits, fdiv_ops.resolve("js"), False, 10.0, 0.1, 20.0)
-    torch.library.opcheck(_f_distill_op, (x, t, f, hb, stats, 1e-6, "mean"))
-    torch.library.opcheck(_f_distill_op, (x, t, f, None, None, 1e-6, "sum"))
+    js = fdiv_ops.resolve("js")
+    _, _, stats = compute_weights(logits, js, False, 10.0, 0.1, 20.0)
+    common = (js.kernel_id, 0.0, 10.0, 0.1, 20.0)
+    torch.library.opcheck(_f_distill_op, (x, t, f, logits, None, None, *common, True, 1e-6, "mean"))
+    torch.library.opcheck(_f_distill_op, (x, t, f, logits, torch.rand(3) + 0.5, stats, *common, True, 1e-6, "sum"))
+    torch.library.opcheck(_f_distill_op, (x, t, f, None, None, None, *common, False, 1e-6, "sum"))
     torch.library.opcheck(_weights_op, (logits, None, False, 10.0, 0.1, 20.0, 2, 0.0))
 
 

@@ -1,8 +1,9 @@
 // CPU kernel of f_distill_loss; the formula and the passes are in include/fdiv_ops/f_distill.h.
-// Bytes moved: pass 1 reads x, teacher_x0, fake_x0; pass 2 re-reads teacher_x0 and fake_x0 (from cache
-// when a chunk fits: chunks are 32 Ki elements) and writes the gradient. Parallel over (sample, chunk)
-// jobs so that B = 1 still uses every core; inner loops vectorised, with AVX2/AVX-512 clones picked at
-// run time so the wheel still runs on a baseline x86-64.
+// Bytes moved: pass 1 reads x, teacher_x0, fake_x0; pass 2 re-reads teacher_x0 and fake_x0 and writes the
+// gradient. Samples of up to 32 Ki elements run sample-major (pass 2 right after pass 1, re-reading from
+// cache); larger samples, or fewer samples than threads, run as (sample, chunk) jobs so that B = 1 still
+// uses every core. Inner loops are vectorised, with AVX2/AVX-512 clones picked at run time so the wheel
+// still runs on a baseline x86-64.
 #include <algorithm>
 #include <cmath>
 
@@ -58,6 +59,20 @@ FDIV_CHUNK_FNS(cpu::bf16, float)
 FDIV_CHUNK_FNS(cpu::f16, float)
 #undef FDIV_CHUNK_FNS
 
+template <typename A> struct SampleWeight {
+  const A* h;
+  A h_den, eps, scale;
+  int64_t dim;
+  // w_b = h_b / (n_b + eps), with h_b normalised by the batch mean (math.md §2)
+  A operator()(int64_t b, A abs_sum, A* norm_out, A* weight_out) const {
+    const A n_b = abs_sum / A(dim);
+    const A h_b = h ? h[b] / h_den : A(1);
+    norm_out[b] = n_b;
+    weight_out[b] = h_b;
+    return h_b / (n_b + eps);
+  }
+};
+
 template <typename T>
 void f_distill_impl(const FDistillArgs& a, int num_threads) {
   using A = acc_t<T>;
@@ -69,38 +84,49 @@ void f_distill_impl(const FDistillArgs& a, int num_threads) {
   T* g = static_cast<T*>(a.grad);
   A* partial = static_cast<A*>(a.workspace);
   A* grad_scale = partial + 2 * jobs;
-
-#pragma omp parallel for num_threads(num_threads) schedule(static)
-  for (int64_t job = 0; job < jobs; ++job) {
-    const int64_t b = job / nchunks, begin = (job % nchunks) * chunk, off = b * D + begin;
-    chunk_sums(x + off, t + off, f + off, std::min(chunk, D - begin), &partial[2 * job], &partial[2 * job + 1]);
-  }
-
-  const A* h = static_cast<const A*>(a.h);
+  A* norm_out = static_cast<A*>(a.normalizer_out);
+  A* weight_out = static_cast<A*>(a.weight_out);
   const A* stats = static_cast<const A*>(a.h_stats);
-  const A h_den = stats ? stats[0] / stats[1] + A(1e-6) : A(1);
-  A total = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    A abs_sum = 0, sq_sum = 0;
-    for (int64_t c = 0; c < nchunks; ++c) {
-      abs_sum += partial[2 * (b * nchunks + c)];
-      sq_sum += partial[2 * (b * nchunks + c) + 1];
-    }
-    const A n_b = abs_sum / A(D);
-    const A h_b = h ? h[b] / h_den : A(1);
-    const A w_b = h_b / (n_b + A(a.eps));
-    static_cast<A*>(a.normalizer_out)[b] = n_b;
-    static_cast<A*>(a.weight_out)[b] = h_b;
-    grad_scale[b] = A(a.scale) * w_b;
-    total += w_b * w_b * sq_sum;
-  }
-  static_cast<A*>(a.loss)[0] = A(0.5) * A(a.scale) * total;
+  const SampleWeight<A> weight{static_cast<const A*>(a.h), stats ? stats[0] / stats[1] + A(1e-6) : A(1), A(a.eps),
+                               A(a.scale), D};
 
+  if (nchunks == 1 && B >= num_threads) {
+    // Sample-major: each sample's second pass follows its first while teacher and fake are still in cache,
+    // and one parallel region does it all. partial[2b + 1] keeps w_b^2 S_b for the deterministic loss sum.
 #pragma omp parallel for num_threads(num_threads) schedule(static)
-  for (int64_t job = 0; job < jobs; ++job) {
-    const int64_t b = job / nchunks, begin = (job % nchunks) * chunk, off = b * D + begin;
-    chunk_grad(t + off, f + off, std::min(chunk, D - begin), grad_scale[b], g + off);
+    for (int64_t b = 0; b < B; ++b) {
+      A abs_sum, sq_sum;
+      chunk_sums(x + b * D, t + b * D, f + b * D, D, &abs_sum, &sq_sum);
+      const A w_b = weight(b, abs_sum, norm_out, weight_out);
+      partial[2 * b + 1] = w_b * w_b * sq_sum;
+      chunk_grad(t + b * D, f + b * D, D, weight.scale * w_b, g + b * D);
+    }
+  } else {
+    // Chunk-major: (sample, chunk) jobs so that a few large samples still use every core.
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+    for (int64_t job = 0; job < jobs; ++job) {
+      const int64_t b = job / nchunks, begin = (job % nchunks) * chunk, off = b * D + begin;
+      chunk_sums(x + off, t + off, f + off, std::min(chunk, D - begin), &partial[2 * job], &partial[2 * job + 1]);
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      A abs_sum = 0, sq_sum = 0;
+      for (int64_t c = 0; c < nchunks; ++c) {
+        abs_sum += partial[2 * (b * nchunks + c)];
+        sq_sum += partial[2 * (b * nchunks + c) + 1];
+      }
+      const A w_b = weight(b, abs_sum, norm_out, weight_out);
+      grad_scale[b] = weight.scale * w_b;
+      partial[2 * (b * nchunks) + 1] = w_b * w_b * sq_sum;
+    }
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+    for (int64_t job = 0; job < jobs; ++job) {
+      const int64_t b = job / nchunks, begin = (job % nchunks) * chunk, off = b * D + begin;
+      chunk_grad(t + off, f + off, std::min(chunk, D - begin), grad_scale[b], g + off);
+    }
   }
+  A total = 0;
+  for (int64_t b = 0; b < B; ++b) total += partial[2 * (b * nchunks) + 1];
+  static_cast<A*>(a.loss)[0] = A(0.5) * weight.scale * total;
 }
 
 template <typename L, typename A>

@@ -59,34 +59,55 @@ def _f_distill_op(
     x: torch.Tensor,
     teacher_x0: torch.Tensor,
     fake_x0: torch.Tensor,
-    h: torch.Tensor | None,
-    h_stats: torch.Tensor | None,
+    disc_logits: torch.Tensor | None,
+    ratio_divisor: torch.Tensor | None,
+    global_h_stats: torch.Tensor | None,
+    kind: int,
+    param: float,
+    logit_clamp: float,
+    ratio_lo: float,
+    ratio_hi: float,
+    normalize: bool,
     eps: float,
     reduction: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, grad, normalizer, h, ratio) in one call: the weights from disc_logits (if any), then the fused
+    pass. global_h_stats ([sum h, count] all-reduced over ranks) replaces this batch's own when given."""
     batch = x.shape[0]
     dim = x.numel() // batch
     x, teacher_x0, fake_x0 = x.contiguous(), teacher_x0.contiguous(), fake_x0.contiguous()
     acc = acc_dtype(x.dtype)
-    h = None if h is None else h.to(acc).contiguous()
-    h_stats = None if h_stats is None else h_stats.to(acc).contiguous()
-    grad = torch.empty_like(x)
-    loss = x.new_empty((), dtype=acc)
-    normalizer = x.new_empty(batch, dtype=acc)
-    weight = x.new_empty(batch, dtype=acc)
     on_cuda, stream = device_args(x.device)
-    workspace = x.new_empty(_C.f_distill_workspace_elems(batch, dim, on_cuda), dtype=acc)
-    scale = 1.0 / (batch * dim) if reduction == "mean" else 1.0
+    h = h_stats = None
+    ratio = x.new_empty(0, dtype=acc)
     with torch.cuda.device(x.device) if on_cuda else contextlib.nullcontext():
+        if disc_logits is not None:
+            logits = disc_logits.reshape(batch, -1).contiguous()
+            divisor = None if ratio_divisor is None else ratio_divisor.to(acc).contiguous()
+            ratio, h, h_stats = (x.new_empty(n, dtype=acc) for n in (batch, batch, 2))
+            _C.f_distill_weights(
+                ptr(logits), DTYPE_CODES[logits.dtype], batch, logits.shape[1], ptr(divisor), logit_clamp, ratio_lo,
+                ratio_hi, kind, param, DTYPE_CODES[acc], ptr(ratio), ptr(h), ptr(h_stats), on_cuda, stream,
+            )
+            if global_h_stats is not None:
+                h_stats = global_h_stats.to(acc).contiguous()
+            if not normalize:
+                h_stats = None
+        grad = torch.empty_like(x)
+        loss = x.new_empty((), dtype=acc)
+        normalizer = x.new_empty(batch, dtype=acc)
+        weight = x.new_empty(batch, dtype=acc)
+        workspace = x.new_empty(_C.f_distill_workspace_elems(batch, dim, on_cuda), dtype=acc)
+        scale = 1.0 / (batch * dim) if reduction == "mean" else 1.0
         _C.f_distill(
             ptr(x), ptr(teacher_x0), ptr(fake_x0), DTYPE_CODES[x.dtype], batch, dim, ptr(h), ptr(h_stats), eps,
             scale, ptr(grad), ptr(loss), ptr(normalizer), ptr(weight), ptr(workspace), num_threads(), on_cuda, stream,
         )
-    return loss, grad, normalizer, weight
+    return loss, grad, normalizer, weight, ratio
 
 
 @_f_distill_op.register_fake
-def _(x, teacher_x0, fake_x0, h, h_stats, eps, reduction):
+def _(x, teacher_x0, fake_x0, disc_logits, ratio_divisor, global_h_stats, *args):
     acc = acc_dtype(x.dtype)
     batch = x.shape[0]
     return (
@@ -94,17 +115,18 @@ def _(x, teacher_x0, fake_x0, h, h_stats, eps, reduction):
         torch.empty_like(x, memory_format=torch.contiguous_format),
         x.new_empty(batch, dtype=acc),
         x.new_empty(batch, dtype=acc),
+        x.new_empty(0 if disc_logits is None else batch, dtype=acc),
     )
 
 
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(output[1])
-    ctx.mark_non_differentiable(output[1], output[2], output[3])
+    ctx.mark_non_differentiable(*output[1:])
     ctx.set_materialize_grads(False)  # no zero (B, D) gradient for the statistics outputs
     ctx.backward_done = False
 
 
-def _backward(ctx, grad_loss, _grad_grad, _grad_norm, _grad_weight):
+def _backward(ctx, grad_loss, *_unused_grads):
     # The gradient was written in forward; backward scales it in place on the device: no host sync and no
     # second (B, D) buffer. In-place means one backward per forward, so a second one is refused.
     if ctx.backward_done:
@@ -113,12 +135,12 @@ def _backward(ctx, grad_loss, _grad_grad, _grad_norm, _grad_weight):
     ctx.backward_done = True
     (grad,) = ctx.saved_tensors
     if grad_loss is None:
-        return None, None, None, None, None, None, None
+        return (None,) * 14
     # Traced (torch.compile, AOT autograd: tensors are functional/fake subclasses), the graph owns memory
     # planning and rejects mutating a saved output, so scale out of place there.
     eager = type(grad) is torch.Tensor and not torch.compiler.is_compiling()
     scaled = grad.mul_(grad_loss) if eager else grad * grad_loss
-    return scaled, None, None, None, None, None, None
+    return (scaled,) + (None,) * 13
 
 
 _f_distill_op.register_autograd(_backward, setup_context=_setup_context)
@@ -195,20 +217,19 @@ def f_distill(
     div, logit_clamp, lo, hi, eps = _validate(
         x, teacher_x0, fake_x0, disc_logits, divergence, logit_clamp, ratio_clip, eps, reduction
     )
-    ratio = h = h_stats = None
-    if disc_logits is not None:
-        ratio, h, h_stats = compute_weights(
+    global_h_stats = None
+    if disc_logits is not None and normalize and process_group is not None:
+        import torch.distributed as dist
+
+        _, _, global_h_stats = compute_weights(
             disc_logits, div, x.dtype == torch.float64, logit_clamp, lo, hi, ratio_divisor
         )
-        if not normalize:
-            h_stats = None
-        elif process_group is not None:
-            import torch.distributed as dist
-
-            h_stats = h_stats.clone()
-            dist.all_reduce(h_stats, group=process_group)  # [sum h, count] over every rank
-    loss, _, normalizer, weight = _f_distill_op(x, teacher_x0, fake_x0, h, h_stats, eps, reduction)
-    return FDistillResult(loss, ratio, weight, normalizer)
+        dist.all_reduce(global_h_stats, group=process_group)  # [sum h, count] over every rank
+    loss, _, normalizer, weight, ratio = _f_distill_op(
+        x, teacher_x0, fake_x0, disc_logits, ratio_divisor, global_h_stats, div.kernel_id, div.kernel_param,
+        logit_clamp, lo, hi, normalize, eps, reduction,
+    )
+    return FDistillResult(loss, ratio if disc_logits is not None else None, weight, normalizer)
 
 
 def f_distill_loss(
