@@ -7,10 +7,9 @@ Targets (issue 2), never asserted: CPU (B=64, 4x64x64, fp32) >= 5x eager and >= 
 
 import os
 
+import fdiv_ops
 import pytest
 import torch
-
-import fdiv_ops
 from fdiv_ops import reference
 
 FULL = os.environ.get("FDIV_BENCH_FULL") == "1"

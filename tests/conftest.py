@@ -1,7 +1,6 @@
+import fdiv_ops
 import pytest
 import torch
-
-import fdiv_ops
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,10 +3,9 @@ against the Python reference over log-ratios in [-30, 30] and at +-inf."""
 
 import math
 
+import fdiv_ops
 import pytest
 import torch
-
-import fdiv_ops
 from fdiv_ops import _C
 from fdiv_ops import reference as ref
 from fdiv_ops._backend import DTYPE_CODES, device_args
@@ -71,7 +70,7 @@ def _assert_matches(got, want, rtol, atol):
 @pytest.mark.parametrize("div", ALL, ids=IDS)
 def test_kernel_functors_match_reference_float64(div, device):
     l = _grid(torch.float64)
-    for got, fn in zip(_kernel_eval(div, l, device), (ref.f, ref.psi, ref.h)):
+    for got, fn in zip(_kernel_eval(div, l, device), (ref.f, ref.psi, ref.h), strict=True):
         want = fn(div, l)
         assert not torch.isnan(want).any() and not torch.isnan(got).any()
         _assert_matches(got, want, rtol=1e-10, atol=1e-12)
@@ -80,7 +79,7 @@ def test_kernel_functors_match_reference_float64(div, device):
 @pytest.mark.parametrize("div", ALL, ids=IDS)
 def test_kernel_functors_match_reference_float32(div, device):
     l = _grid(torch.float32)
-    for got, fn in zip(_kernel_eval(div, l, device), (ref.f, ref.psi, ref.h)):
+    for got, fn in zip(_kernel_eval(div, l, device), (ref.f, ref.psi, ref.h), strict=True):
         want = fn(div, l.double())
         finite32 = want.abs() < 3e38  # beyond float32's range the kernel rightly says inf
         assert not torch.isnan(got).any()
@@ -92,7 +91,7 @@ def test_gkd_jsd_endpoints_are_trl_special_cases():
     for fn in (ref.f, ref.psi, ref.h):
         torch.testing.assert_close(fn(fdiv_ops.gkd_jsd(0.0), l), fn("forward_kl", l))
         torch.testing.assert_close(fn(fdiv_ops.gkd_jsd(1.0), l), fn("reverse_kl", l))
-    for got, fn in zip(_kernel_eval(fdiv_ops.gkd_jsd(0.0), l, "cpu"), (ref.f, ref.psi, ref.h)):
+    for got, fn in zip(_kernel_eval(fdiv_ops.gkd_jsd(0.0), l, "cpu"), (ref.f, ref.psi, ref.h), strict=True):
         torch.testing.assert_close(got, fn("forward_kl", l))
 
 

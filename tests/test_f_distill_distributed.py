@@ -3,12 +3,11 @@
 import os
 import socket
 
+import fdiv_ops
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
-import fdiv_ops
 from fdiv_ops import reference as ref
 
 WORLD, LOCAL_B, SHAPE = 2, 3, (2, 5)
