@@ -11,6 +11,10 @@
 #include <cmath>
 #include <limits>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "fdiv_ops/cpu_types.h"
 #include "fdiv_ops/sequence_logprobs.h"
 #include "fdiv_ops/vec_math.h"
@@ -162,6 +166,23 @@ void forward_impl(const SeqLogprobsArgs& a, int num_threads) {
   }
 }
 
+// The gradient is a fresh rows x V allocation, and first-touch page faults on it cost ~10x the kernel itself
+// at V = 32000 (measured: ~200 ms of faults vs ~20 ms of compute for 4096 x 32000 fp32 on 2 cores). Asking
+// the kernel for transparent huge pages (2 MiB faults instead of 4 KiB ones) on the buffer's aligned
+// interior removes most of that; it is advice only, and a no-op where THP is off or unsupported.
+void advise_huge_pages(void* data, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  if (bytes < int64_t(4 * kHuge)) return;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + uintptr_t(bytes)) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
 template <typename T>
 void backward_impl(const SeqLogprobsBackwardArgs& a, int num_threads) {
   using A = acc_t<T>;
@@ -174,6 +195,7 @@ void backward_impl(const SeqLogprobsBackwardArgs& a, int num_threads) {
   const A* g_ent = static_cast<const A*>(a.grad_entropy);
   T* out_all = static_cast<T*>(a.grad_logits);
   constexpr A kNegInf = -std::numeric_limits<A>::infinity();
+  advise_huge_pages(out_all, rows * V * int64_t(sizeof(T)));
 
 #pragma omp parallel for num_threads(num_threads) schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
