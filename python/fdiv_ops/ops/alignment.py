@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .._validation import check_float_tensor, check_positive, check_same
 from ..divergences import Divergence, resolve
-from .divergence_psi import clamp_log_ratio, divergence_terms, dtype_max_exponent
+from .divergence_psi import clamp_log_ratio, divergence_terms
 
 
 def _compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
@@ -42,7 +42,7 @@ def f_dpo_loss(
     divergence: str | Divergence = "reverse_kl",
     beta: float = 0.1,
     label_smoothing: float = 0.0,
-    max_exponent: float | None = None,
+    max_exponent: float = 50.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Preference optimisation under an f-divergence constraint (Wang et al. 2023); reverse_kl is DPO.
 
@@ -59,10 +59,14 @@ def f_dpo_loss(
     exactly z. For reverse_kl that is DPO's ``beta * log(pi/pi_ref)``; for other divergences it differs from
     TRL, which reports ``beta * log(pi/pi_ref)`` whatever the divergence (a margin inconsistent with its loss).
 
-    Exponents are clamped at ``max_exponent`` (default: log of the dtype's max floored to 4 decimals, TRL's
-    cap_exp) before any exp, so log-ratios of +-1e3 stay finite; log-space forms (reverse_kl, js) are never
-    clamped. Inputs: four tensors of one shape (B,), any float dtype (computed in float32, or float64 if any
-    input is float64). Returns (losses, chosen_rewards, rejected_rewards), each (B,).
+    Exponents are clamped: the log-ratio is limited so that no exp exceeds e^max_exponent (psi and its
+    gradient -h stay finite for log-ratios of +-1e3; log-space forms, reverse_kl and js, are never clamped).
+    TRL clamps its alpha branch's exponent at log(float32 max) = 88.7228 instead, where constant factors
+    (1/alpha, pearson's 2) overflow to inf and the saturated sigmoid's zero gradient meets them as NaN;
+    the default 50 leaves 16 decimal orders of headroom and equals TRL whenever alpha |log u| <= 50
+    (``max_exponent=fdiv_ops.ops.divergence_psi.dtype_max_exponent(torch.float32)`` reproduces TRL's clamp).
+    Inputs: four tensors of one shape (B,), any float dtype (computed in float32, or float64 if any input is
+    float64). Returns (losses, chosen_rewards, rejected_rewards), each (B,).
     """
     check_float_tensor("policy_chosen_logps", policy_chosen_logps)
     ref = policy_chosen_logps
@@ -75,7 +79,7 @@ def f_dpo_loss(
             or not 0.0 <= label_smoothing <= 0.5:
         raise ValueError(f"label_smoothing must be a number in [0, 0.5], got {label_smoothing!r}")
     dtype = _compute_dtype(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
-    cap = dtype_max_exponent(dtype) if max_exponent is None else _check_exponent(max_exponent)
+    cap = _check_exponent(max_exponent)
 
     # log r = log pi_ref - log pi, chosen and rejected in one elementwise call
     log_ratio = torch.stack([ref_chosen_logps.to(dtype) - policy_chosen_logps.to(dtype),

@@ -14,7 +14,6 @@ torch.clamp, the clamp passes no gradient where it is active.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 
 import torch
@@ -59,9 +58,15 @@ def _terms_backward(ctx, _grad_f, grad_psi, _grad_h):
 _terms_op.register_autograd(_terms_backward, setup_context=_terms_setup)
 
 
-@functools.cache
-def _rates(div: Divergence, of_f: bool) -> tuple[float, float]:
-    return tuple(_C.divergence_exp_rates(div.kernel_id, div.kernel_param, of_f))
+_RATES: dict[tuple[int, float, bool], tuple[float, float]] = {}
+
+
+@torch.compiler.assume_constant_result  # a pure function of constants: torch.compile bakes the result in
+def _rates(kind: int, param: float, of_f: bool) -> tuple[float, float]:
+    key = (kind, param, of_f)
+    if key not in _RATES:
+        _RATES[key] = tuple(_C.divergence_exp_rates(kind, param, of_f))
+    return _RATES[key]
 
 
 def dtype_max_exponent(dtype: torch.dtype) -> float:
@@ -71,7 +76,7 @@ def dtype_max_exponent(dtype: torch.dtype) -> float:
 
 def clamp_log_ratio(log_ratio: torch.Tensor, div: Divergence, max_exponent: float, *, of_f: bool = False):
     """l clamped so that psi and h (and f with of_f) of `div` evaluate no exponential above e^max_exponent."""
-    up, down = _rates(div, of_f)
+    up, down = _rates(div.kernel_id, div.kernel_param, of_f)
     lo = -max_exponent / down if down > 0 else None
     hi = max_exponent / up if up > 0 else None
     if lo is None and hi is None:
