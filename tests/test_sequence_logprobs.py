@@ -310,3 +310,37 @@ def test_fused_linear_torch_compile_fullgraph():
     ref.sequence_logprobs(hd @ wd.t(), labels).sum().backward()
     torch.testing.assert_close(hidden.grad.double(), hd.grad, **TOL[torch.float32])
     torch.testing.assert_close(weight.grad.double(), wd.grad, **TOL[torch.float32])
+
+
+def _large_allocations(fn, threshold_bytes):
+    """(op, bytes) of every CPU allocation of at least threshold_bytes made while fn runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return [(e.name, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage >= threshold_bytes]
+
+
+def test_no_rows_by_vocab_tensor_beyond_the_gradient():
+    rows, vocab = 64, 5000
+    z = torch.randn(rows, vocab, requires_grad=True)
+    labels = torch.randint(0, vocab, (rows,))
+
+    def fused():
+        lp, ent = fdiv_ops.sequence_logprobs(z, labels, return_entropy=True)
+        (lp + ent).sum().backward()
+
+    def eager():  # the probe sees the eager path's log-softmax, its backward buffer and the gather's zeros
+        torch.log_softmax(z, -1).gather(-1, labels[:, None]).sum().backward()
+
+    size = rows * vocab * 4
+    assert len(_large_allocations(eager, size)) >= 2
+    assert len(_large_allocations(fused, size)) == 1  # the gradient itself
+
+    hidden = torch.randn(rows, 32, requires_grad=True)
+    weight = torch.randn(vocab, 32, requires_grad=True)
+
+    def fused_linear():
+        fdiv_ops.fused_linear_sequence_logprobs(hidden, weight, labels, chunk_size=8).sum().backward()
+
+    assert _large_allocations(fused_linear, size) == []  # only chunk x V blocks, never rows x V
