@@ -9,10 +9,9 @@ gradient. Timings only: correctness lives in tests/test_sequence_logprobs.py.
 
 from __future__ import annotations
 
+import fdiv_ops
 import pytest
 import torch
-
-import fdiv_ops
 
 SHAPES = {"cpu": [(4096, 32000)], "cuda": [(8192, 32000), (8192, 128256)]}
 

@@ -8,10 +8,9 @@ weights) must equal autograd of the exact D_f(p || pi) for every divergence.
 import itertools
 import math
 
+import fdiv_ops
 import pytest
 import torch
-
-import fdiv_ops
 from fdiv_ops import reference as ref
 from fdiv_ops.ops.divergence_psi import _terms_op, clamp_log_ratio, dtype_max_exponent
 

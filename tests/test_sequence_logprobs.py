@@ -1,10 +1,9 @@
 """sequence_logprobs and fused_linear_sequence_logprobs against log_softmax + gather in float64 (values and
 gradients), their registration (opcheck, torch.compile), awkward inputs and errors."""
 
+import fdiv_ops
 import pytest
 import torch
-
-import fdiv_ops
 from fdiv_ops import reference as ref
 from fdiv_ops.ops.sequence_logprobs import _linear_backward_op, _linear_op, _seq_backward_op, _seq_op
 
@@ -221,7 +220,7 @@ def test_opcheck():
     logits.requires_grad_()
     torch.library.opcheck(_seq_op, (logits, labels, -100, 0.9, True))
     torch.library.opcheck(_seq_op, (logits, labels, -100, 1.0, False))
-    lp, ent, stats = _seq_op(logits.detach(), labels, -100, 0.9, True)
+    _, ent, stats = _seq_op(logits.detach(), labels, -100, 0.9, True)
     torch.library.opcheck(_seq_backward_op, (logits.detach(), labels, stats, ent, torch.randn(2, 3), None, -100, 0.9))
     hidden = torch.randn(6, 4, requires_grad=True)
     weight = torch.randn(9, 4, requires_grad=True)

@@ -23,8 +23,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DIVERGENCES",
-    "Divergence",
     "FDPG",
+    "Divergence",
     "FDistillLoss",
     "FDistillResult",
     "alpha",
@@ -36,8 +36,8 @@ __all__ = [
     "f_dpg_loss",
     "f_dpo_loss",
     "fused_linear_sequence_logprobs",
-    "group_normalized_advantages",
     "gkd_jsd",
+    "group_normalized_advantages",
     "resolve",
     "sequence_logprobs",
     "skew_forward_kl",

@@ -109,7 +109,7 @@ def _(logits, labels, stats, entropy, grad_logprobs, grad_entropy, ignore_index,
 
 def _seq_setup(ctx, inputs, output):
     logits, labels, ignore_index, temperature, _ = inputs
-    logprobs, entropy, stats = output
+    _, entropy, stats = output
     ctx.save_for_backward(logits, labels, stats, entropy)
     ctx.mark_non_differentiable(stats)
     ctx.set_materialize_grads(False)  # an unused entropy sends None, not a zero tensor
