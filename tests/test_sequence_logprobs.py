@@ -230,7 +230,9 @@ def test_opcheck():
     torch.library.opcheck(_linear_op, (hidden, weight, None, flat, -100, 1.0, False, 2))
     _, ent, stats = _linear_op(hidden.detach(), weight.detach(), bias.detach(), flat, -100, 1.0, True, 4)
     torch.library.opcheck(_linear_backward_op, (hidden.detach(), weight.detach(), bias.detach(), flat, stats, ent,
-                                                torch.randn(6), torch.randn(6), -100, 1.0, 4))
+                                                torch.randn(6), torch.randn(6), -100, 1.0, 4, True))
+    torch.library.opcheck(_linear_backward_op, (hidden.detach(), weight.detach(), None, flat, stats, ent,
+                                                torch.randn(6), None, -100, 1.0, 4, False))
 
 
 def test_torch_compile_fullgraph():
@@ -293,6 +295,17 @@ def test_fused_linear_bf16_accumulates_logits_in_fp32(device):
     torch.testing.assert_close(lp.double(), truth, rtol=1e-5, atol=1e-4)  # fp32 logits: no bf16 rounding
     torch.testing.assert_close(h16.grad.double(), hd.grad, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(w16.grad.double(), wd.grad, rtol=2e-2, atol=2e-2)
+
+
+def test_fused_linear_frozen_weight_gets_no_gradient():
+    hidden = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(13, 8, dtype=torch.float64)  # frozen LM head: its GEMM is skipped
+    labels = torch.randint(0, 13, (5,))
+    fdiv_ops.fused_linear_sequence_logprobs(hidden, weight, labels, chunk_size=2).sum().backward()
+    hd = hidden.detach().clone().requires_grad_()
+    ref.sequence_logprobs(hd @ weight.t(), labels).sum().backward()
+    torch.testing.assert_close(hidden.grad, hd.grad, **TOL[torch.float64])
+    assert weight.grad is None
 
 
 def test_fused_linear_torch_compile_fullgraph():

@@ -221,7 +221,7 @@ def _(hidden, weight, bias, labels, ignore_index, temperature, return_entropy, c
 def _linear_backward_op(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor,
     stats: torch.Tensor, entropy: torch.Tensor, grad_logprobs: torch.Tensor | None,
-    grad_entropy: torch.Tensor | None, ignore_index: int, temperature: float, chunk_size: int,
+    grad_entropy: torch.Tensor | None, ignore_index: int, temperature: float, chunk_size: int, weight_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     labels = labels.contiguous()
     rows = hidden.shape[0]
@@ -230,7 +230,8 @@ def _linear_backward_op(
     g_ent = None if grad_entropy is None else grad_entropy.to(acc).contiguous()
     ent = entropy.contiguous() if g_ent is not None else None
     grad_hidden = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device)
-    grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device)  # accumulated over chunks
+    # accumulated over chunks; skipped (an empty tensor) for a frozen weight, saving one GEMM per chunk
+    grad_weight = torch.zeros(weight.shape if weight_grad else (0,), dtype=acc, device=weight.device)
     grad_bias = torch.zeros(weight.shape[0] if bias is not None else 0, dtype=acc, device=weight.device)
     w = fp32_weight(weight)
     on_cuda, stream = device_args(hidden.device)
@@ -247,7 +248,8 @@ def _linear_backward_op(
             )
         g = grad_logits if w.dtype == grad_logits.dtype else grad_logits.to(w.dtype)
         grad_hidden[start:end] = mm_fp32(g, w)
-        grad_weight += mm_fp32(g.t(), h)
+        if weight_grad:
+            grad_weight += mm_fp32(g.t(), h)
         if bias is not None:
             grad_bias += grad_logits.sum(0)
     return grad_hidden, grad_weight.to(weight.dtype), grad_bias.to(weight.dtype)
@@ -255,8 +257,9 @@ def _linear_backward_op(
 
 @_linear_backward_op.register_fake
 def _(hidden, weight, bias, labels, stats, entropy, grad_logprobs, grad_entropy, ignore_index, temperature,
-      chunk_size):
-    return (torch.empty_like(hidden, memory_format=torch.contiguous_format), torch.empty_like(weight),
+      chunk_size, weight_grad):
+    return (torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device),
+            torch.empty(weight.shape if weight_grad else (0,), dtype=weight.dtype, device=weight.device),
             weight.new_empty(weight.shape[0] if bias is not None else 0))
 
 
@@ -274,9 +277,10 @@ def _linear_backward(ctx, grad_logprobs, grad_entropy, _grad_stats):
     if grad_logprobs is None and grad_entropy is None:
         return (None,) * 8
     hidden, weight, bias, labels, stats, entropy = ctx.saved_tensors
+    weight_grad = bool(ctx.needs_input_grad[1])
     gh, gw, gb = _linear_backward_op(hidden, weight, bias, labels, stats, entropy, grad_logprobs, grad_entropy,
-                                     ctx.ignore_index, ctx.temperature, ctx.chunk_size)
-    return gh, gw, (gb if ctx.has_bias else None), None, None, None, None, None
+                                     ctx.ignore_index, ctx.temperature, ctx.chunk_size, weight_grad)
+    return gh, (gw if weight_grad else None), (gb if ctx.has_bias else None), None, None, None, None, None
 
 
 _linear_op.register_autograd(_linear_backward, setup_context=_linear_setup)
