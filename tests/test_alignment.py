@@ -165,6 +165,8 @@ def test_group_normalized_advantages_by_hand():
     assert unclipped[-1].item() == pytest.approx(11 / math.sqrt(12), rel=1e-6)
     torch.testing.assert_close(fdiv_ops.group_normalized_advantages(rewards, 4),
                                ref.group_normalized_advantages(rewards, 4))
+    strided = torch.stack([rewards, rewards], 1)[:, 0]  # non-contiguous (B,) view
+    torch.testing.assert_close(fdiv_ops.group_normalized_advantages(strided, 3), adv)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -120,7 +120,7 @@ def group_normalized_advantages(
         raise ValueError(f"rewards must have shape (B,), got {tuple(rewards.shape)}")
     g = _check_group_size(group_size, rewards.shape[0])
     check_positive("eps", eps, allow_zero=True)
-    grouped = rewards.view(-1, g)
+    grouped = rewards.reshape(-1, g)
     adv = (grouped - grouped.mean(dim=1, keepdim=True)) / (grouped.std(dim=1, keepdim=True) + eps)
     if clip is not None:
         clip = check_positive("clip", clip)
