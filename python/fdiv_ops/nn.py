@@ -135,8 +135,9 @@ class FDPG(nn.Module):
     ``forward(policy_logprobs, target_logscores, proposal_logprobs=None, context=None)`` returns
     ``f_dpg_loss``'s (loss, stats) with ``stats["log_z"]`` (B,) and ``stats["baseline"]`` (B,) added.
     State is updated in training mode only (in eval mode the stored estimates are used; before any
-    training step log Z is undefined, NaN). Buffers are float64 and saved in the state dict. Context ids
-    are range-checked on CPU only (a check on CUDA would need a host sync).
+    training step log Z is undefined, NaN). Buffers are float64 and saved in the state dict; move the module
+    to the policy's device (``.to(device)``) so that updating them needs no host copy. Context ids are
+    range-checked on CPU only (a check on CUDA would need a host sync).
     """
 
     def __init__(self, divergence: str | Divergence = "js", *, num_contexts: int = 1,
