@@ -13,23 +13,33 @@ from .divergences import (
     skew_forward_kl,
     skew_reverse_kl,
 )
-from .nn import FDistillLoss
+from .nn import FDPG, FDistillLoss
+from .ops.alignment import f_dpg_loss, f_dpo_loss, group_normalized_advantages
+from .ops.divergence_psi import divergence_terms
 from .ops.f_distill import FDistillResult, f_distill, f_distill_loss
+from .ops.sequence_logprobs import fused_linear_sequence_logprobs, sequence_logprobs
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DIVERGENCES",
+    "FDPG",
     "Divergence",
     "FDistillLoss",
     "FDistillResult",
     "alpha",
     "build_info",
     "cuda_available",
+    "divergence_terms",
     "f_distill",
     "f_distill_loss",
+    "f_dpg_loss",
+    "f_dpo_loss",
+    "fused_linear_sequence_logprobs",
     "gkd_jsd",
+    "group_normalized_advantages",
     "resolve",
+    "sequence_logprobs",
     "skew_forward_kl",
     "skew_reverse_kl",
 ]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from ._validation import check_interval, check_positive
 from .divergences import Divergence, resolve
+from .ops.alignment import f_dpg_loss
 from .ops.f_distill import compute_weights, f_distill
 
 
@@ -112,3 +115,104 @@ class FDistillLoss(nn.Module):
         self.last_h = result.h.detach()
         self.last_normalizer = result.normalizer.detach()
         return result.loss
+
+
+class FDPG(nn.Module):
+    r"""f-DPG with the state its reference implementation (naver/disco) keeps between steps, per context.
+
+    A context is whatever shares one target normaliser Z(c) = sum_x P(x|c): a prompt, a control code, or
+    a single global one (the default). Each call passes ``context`` (B,) ids in [0, num_contexts); the
+    module keeps, per context:
+
+    * the running importance-sampled partition function: Z(c) = (1/n_c) sum_i P(x_i|c) / q(x_i|c) over every
+      sample seen in training (q = the proposal, or the policy itself when sampling on-policy), held in
+      log space (log-sum-exp of log P - log q, and the count n_c), updated with this step's samples first;
+    * a moving-average baseline of the pseudo-reward: b(c) <- m b(c) + (1 - m) * (sum w R / sum w over the
+      context's samples), bias-corrected as b(c) / (1 - m^k) after k updates. The loss uses the baseline
+      from *before* this step's update (independent of the current samples, so the gradient stays
+      unbiased); a context never seen has no baseline (0).
+
+    ``forward(policy_logprobs, target_logscores, proposal_logprobs=None, context=None)`` returns
+    ``f_dpg_loss``'s (loss, stats) with ``stats["log_z"]`` (B,) and ``stats["baseline"]`` (B,) added.
+    State is updated in training mode only (in eval mode the stored estimates are used; before any
+    training step log Z is undefined, NaN). Buffers are float64 and saved in the state dict; move the module
+    to the policy's device (``.to(device)``) so that updating them needs no host copy. Context ids are
+    range-checked on CPU only (a check on CUDA would need a host sync).
+    """
+
+    def __init__(self, divergence: str | Divergence = "js", *, num_contexts: int = 1,
+                 baseline_momentum: float = 0.99, max_exponent: float = 30.0) -> None:
+        super().__init__()
+        if isinstance(num_contexts, bool) or not isinstance(num_contexts, int) or num_contexts < 1:
+            raise ValueError(f"num_contexts must be an int >= 1, got {num_contexts!r}")
+        if not 0.0 <= float(baseline_momentum) < 1.0:
+            raise ValueError(f"baseline_momentum must lie in [0, 1), got {baseline_momentum}")
+        self.divergence = resolve(divergence)
+        self.num_contexts = num_contexts
+        self.baseline_momentum = float(baseline_momentum)
+        self.max_exponent = check_positive("max_exponent", max_exponent)
+        f64 = dict(dtype=torch.float64)
+        self.register_buffer("log_z_sum", torch.full((num_contexts,), -math.inf, **f64))
+        self.register_buffer("z_count", torch.zeros(num_contexts, **f64))
+        self.register_buffer("baseline_ema", torch.zeros(num_contexts, **f64))
+        self.register_buffer("baseline_steps", torch.zeros(num_contexts, **f64))
+
+    @property
+    def log_z(self) -> torch.Tensor:
+        """Current log Z estimate per context (NaN where no sample was seen)."""
+        return self.log_z_sum - torch.log(self.z_count)
+
+    def _context(self, context: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        if context is None:
+            return torch.zeros(batch, dtype=torch.long, device=device)
+        if not isinstance(context, torch.Tensor) or context.shape != (batch,) or context.is_floating_point():
+            shape = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__
+            raise ValueError(f"context must be an integer tensor of shape (B,) = ({batch},), got {shape}")
+        if context.device.type == "cpu" and bool(((context < 0) | (context >= self.num_contexts)).any()):
+            raise ValueError(f"context ids must lie in [0, num_contexts) = [0, {self.num_contexts})")
+        return context.to(device=device, dtype=torch.long)
+
+    @torch.no_grad()
+    def _update_z(self, log_w: torch.Tensor, ctx: torch.Tensor) -> None:
+        # per-context log-sum-exp accumulation without a host sync: shift by the per-context max
+        old = self.log_z_sum.to(log_w.device)
+        peak = old.clone().scatter_reduce_(0, ctx, log_w, reduce="amax", include_self=True)
+        safe_peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+        summed = torch.zeros_like(old).scatter_add_(0, ctx, torch.exp(log_w - safe_peak[ctx]))
+        new = safe_peak + torch.log(torch.exp(old - safe_peak) + summed)
+        self.log_z_sum.copy_(torch.where(torch.isfinite(peak), new, old))
+        self.z_count.add_(torch.zeros_like(old).scatter_add_(0, ctx, torch.ones_like(log_w)))
+
+    @torch.no_grad()
+    def _update_baseline(self, rewards: torch.Tensor, weights: torch.Tensor, ctx: torch.Tensor) -> None:
+        ema = self.baseline_ema.to(rewards.device)
+        wsum = torch.zeros_like(ema).scatter_add_(0, ctx, weights)
+        wr = torch.zeros_like(ema).scatter_add_(0, ctx, weights * rewards)
+        seen = wsum > 0
+        mean = wr / torch.where(seen, wsum, torch.ones_like(wsum))
+        m = self.baseline_momentum
+        self.baseline_ema.copy_(torch.where(seen, m * ema + (1 - m) * mean, ema))
+        self.baseline_steps.add_(seen.to(ema.dtype))
+
+    def forward(self, policy_logprobs: torch.Tensor, target_logscores: torch.Tensor, *,
+                proposal_logprobs: torch.Tensor | None = None,
+                context: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if not isinstance(policy_logprobs, torch.Tensor) or policy_logprobs.dim() != 1:
+            raise ValueError("policy_logprobs must be a tensor of shape (B,)")
+        ctx = self._context(context, policy_logprobs.shape[0], policy_logprobs.device)
+        if self.training:
+            sampler = policy_logprobs if proposal_logprobs is None else proposal_logprobs
+            self._update_z(target_logscores.detach().double() - sampler.detach().double(), ctx)
+        log_z = self.log_z.to(policy_logprobs.device)[ctx]
+        steps = self.baseline_steps.to(policy_logprobs.device)[ctx]
+        corrected = self.baseline_ema.to(policy_logprobs.device)[ctx] / (1 - self.baseline_momentum ** steps)
+        baseline = torch.where(steps > 0, corrected, torch.zeros_like(corrected))
+        loss, stats = f_dpg_loss(
+            policy_logprobs, target_logscores=target_logscores, log_z=log_z, proposal_logprobs=proposal_logprobs,
+            divergence=self.divergence, baseline=baseline, max_exponent=self.max_exponent,
+        )
+        if self.training:
+            self._update_baseline(stats["pseudo_rewards"].double(), stats["importance_weights"].double(), ctx)
+        stats["log_z"] = log_z
+        stats["baseline"] = baseline
+        return loss, stats

@@ -208,3 +208,85 @@ def f_distill_loss(
         g = weight.view(view) * (fake_x0 - teacher_x0)
         target = (x - g).detach()
     return 0.5 * F.mse_loss(x, target, reduction=reduction)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sequence-level alignment (docs/math.md §4), written the way TRL / disco / DiDi-Instruct trainers write it.
+
+
+def sequence_logprobs(
+    logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = -100, temperature: float = 1.0,
+    return_entropy: bool = False,
+):
+    """log_softmax(logits / T) gathered at the labels (0 where ignored), and the entropy when asked."""
+    log_probs = torch.log_softmax(logits / temperature, dim=-1)
+    keep = labels != ignore_index
+    picked = log_probs.gather(-1, torch.where(keep, labels, torch.zeros_like(labels)).unsqueeze(-1)).squeeze(-1)
+    picked = torch.where(keep, picked, torch.zeros_like(picked))
+    if not return_entropy:
+        return picked
+    finite = torch.where(torch.isfinite(log_probs), log_probs, torch.zeros_like(log_probs))  # p log p -> 0 at p = 0
+    entropy = -(log_probs.exp() * finite).sum(-1)
+    return picked, torch.where(keep, entropy, torch.zeros_like(entropy))
+
+
+def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta=0.1, label_smoothing=0.0):
+    """Plain DPO, sigmoid loss with conservative label smoothing: (losses, chosen_rewards, rejected_rewards)."""
+    logits = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)
+    losses = -F.logsigmoid(beta * logits) * (1 - label_smoothing) - F.logsigmoid(-beta * logits) * label_smoothing
+    return losses, beta * (policy_chosen - ref_chosen).detach(), beta * (policy_rejected - ref_rejected).detach()
+
+
+def trl_f_dpo_logits(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, divergence="reverse_kl",
+                     alpha_coef=1.0):
+    """The argument of TRL's sigmoid in dpo_loss for f_divergence_type reverse_kl / js_divergence /
+    alpha_divergence (the formulas of its source, re-derived: u = pi/pi_ref, cap at log(dtype max))."""
+    chosen_lr = policy_chosen - ref_chosen
+    rejected_lr = policy_rejected - ref_rejected
+    cap = math.floor(math.log(torch.finfo(chosen_lr.dtype).max) * 1e4) / 1e4
+    if divergence == "alpha_divergence":
+        capped = lambda x: torch.exp(torch.clamp(x, max=cap))
+        return (capped(-alpha_coef * rejected_lr) - capped(-alpha_coef * chosen_lr)) / alpha_coef
+    logits = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)
+    if divergence == "js_divergence":
+        logits = logits - (F.softplus(chosen_lr) - F.softplus(rejected_lr))
+    return logits
+
+
+def f_dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, divergence="reverse_kl", beta=0.1,
+               label_smoothing=0.0):
+    """f-DPO from the math: z = beta (psi(r_w) - psi(r_l)), r = pi_ref/pi; rewards beta (psi(r) - psi(1))."""
+    l_w, l_l = ref_chosen - policy_chosen, ref_rejected - policy_rejected
+    psi_w, psi_l = psi(divergence, l_w), psi(divergence, l_l)
+    z = beta * (psi_w - psi_l)
+    losses = -F.logsigmoid(z) * (1 - label_smoothing) - F.logsigmoid(-z) * label_smoothing
+    psi_1 = psi(divergence, torch.zeros_like(l_w))
+    return losses, (beta * (psi_w - psi_1)).detach(), (beta * (psi_l - psi_1)).detach()
+
+
+def group_normalized_advantages(rewards, group_size, eps=1e-8, clip=3.0):
+    """DiDi-Instruct's A = (R - mean_G) / (std_G + eps) clipped to +-clip, one group at a time."""
+    out = []
+    for group in rewards.split(group_size):
+        a = (group - group.mean()) / (group.std() + eps)
+        out.append(a if clip is None else a.clamp(-clip, clip))
+    return torch.cat(out)
+
+
+def f_dpg_loss(policy_logprobs, *, target_logscores=None, log_z=0.0, log_ratio=None, proposal_logprobs=None,
+               divergence="js", baseline="mean", group_size=None):
+    """Eager f-DPG surrogate: -mean(w A log pi) with R = -psi(p/pi) and w = pi/q (no clamping)."""
+    with torch.no_grad():
+        log_pi = policy_logprobs.detach()
+        ell = log_ratio if log_ratio is not None else target_logscores - log_z - log_pi
+        rewards = -psi(divergence, ell)
+        w = torch.ones_like(log_pi) if proposal_logprobs is None else torch.exp(log_pi - proposal_logprobs)
+        if group_size is not None:
+            adv = group_normalized_advantages(rewards, group_size)
+        elif baseline is None:
+            adv = rewards
+        elif isinstance(baseline, str):
+            adv = rewards - rewards.mean()
+        else:
+            adv = rewards - baseline
+    return -(w * adv * policy_logprobs).mean(), (w * f(divergence, ell)).mean()

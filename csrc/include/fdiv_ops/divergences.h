@@ -194,6 +194,35 @@ template <typename T> FDIV_HD T div_f(Divergence k, T l, T a) { FDIV_DIVERGENCE_
 template <typename T> FDIV_HD T div_psi(Divergence k, T l, T a) { FDIV_DIVERGENCE_SWITCH(k, psi, l, a) }
 template <typename T> FDIV_HD T div_h(Divergence k, T l, T a) { FDIV_DIVERGENCE_SWITCH(k, h, l, a) }
 
+// How fast the functors' exponentials grow, so callers can clamp sequence-level log-ratios (which reach
+// +-1e3) before any exp overflows: psi and h evaluate e^(up l) as l -> +inf and e^(-down l) as l -> -inf
+// (f too when of_f). A caller with an exponent budget `cap` (e.g. log of the dtype's max) keeps every value
+// finite by clamping l to [-cap/down, cap/up] (no bound where the rate is 0). Forms that stay in log space
+// (reverse_kl, js's psi, softened_rkl's psi, ...) have rate 0 and are never clamped.
+template <typename T> inline void div_exp_rates(Divergence k, T a, bool of_f, T* up, T* down) {
+  T u = 0, d = 0;
+  switch (k) {
+    case Divergence::forward_kl: u = 1; break;
+    case Divergence::reverse_kl: break;
+    case Divergence::js: u = of_f ? T(1) : T(0); break;
+    case Divergence::gkd_jsd: u = (a == T(0) || (of_f && a < T(1))) ? T(1) : T(0); break;
+    case Divergence::squared_hellinger: u = T(0.5); break;
+    case Divergence::softened_rkl: u = of_f ? T(1) : T(0); break;
+    case Divergence::jeffreys: u = 1; break;
+    case Divergence::total_variation: u = of_f ? T(1) : T(0); break;
+    case Divergence::pearson_chi2: u = 2; break;
+    case Divergence::neyman_chi2: d = 1; u = of_f ? T(1) : T(0); break;
+    case Divergence::alpha:
+      if (a > T(0)) u = of_f ? fmax_(a, T(1)) : a;
+      else { d = -a; u = of_f ? T(1) : T(0); }
+      break;
+    case Divergence::skew_forward_kl: u = (a == T(0) || (of_f && a < T(1))) ? T(1) : T(0); break;
+    case Divergence::skew_reverse_kl: break;
+  }
+  *up = u;
+  *down = d;
+}
+
 // What a kernel needs to know about the divergence: which one and its parameter.
 struct DivergenceSpec {
   Divergence kind;

@@ -1,0 +1,44 @@
+"""Row chunking for the fused-linear ops: logits = hidden @ weight.T are produced one chunk of rows at a
+time, so memory is O(chunk_size x V) instead of O(rows x V). Shared by fused_linear_sequence_logprobs and
+(later) the fused-linear KD op."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+
+def row_chunks(rows: int, chunk_size: int) -> Iterator[tuple[int, int]]:
+    """[start, end) row ranges of at most chunk_size rows covering 0..rows."""
+    for start in range(0, rows, chunk_size):
+        yield start, min(start + chunk_size, rows)
+
+
+def fp32_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The weight as the fp32 (or fp64) GEMM operand of `chunk_logits`.
+
+    16-bit GEMMs must accumulate into fp32 logits (rounding logits to bf16 first costs 4-23% gradient error,
+    docs/math.md §3). CUDA does that with out_dtype; the CPU has no such GEMM, so there the weight is upcast
+    once per call (one V x H fp32 copy) rather than once per chunk.
+    """
+    if weight.dtype in (torch.float32, torch.float64) or weight.device.type == "cuda":
+        return weight
+    return weight.float()
+
+
+def mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b with an fp32 (fp64 for fp64) result, never rounded to 16 bits on the way."""
+    if a.dtype in (torch.float32, torch.float64) and b.dtype == a.dtype:
+        return a @ b
+    if a.device.type == "cuda" and a.dtype == b.dtype:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return a.float() @ b.float()
+
+
+def chunk_logits(hidden_chunk: torch.Tensor, weight_op: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """(n, V) logits of one chunk in fp32 (fp64 for fp64 inputs): hidden_chunk @ weight.T (+ bias)."""
+    logits = mm_fp32(hidden_chunk, weight_op.t())
+    if bias is not None:
+        logits += bias.to(logits.dtype)
+    return logits
