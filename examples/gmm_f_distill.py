@@ -145,7 +145,7 @@ class Config:
     width: int = 64
     depth: int = 3
     lr_generator: float = 1e-3
-    lr_critics: float = 1e-3  # fake network and discriminator (two-time-scale, as DMD2)
+    lr_critics: float = 1e-3  # the fake network and the discriminator
     critic_updates: int = 1  # fake-network and discriminator updates per generator update (DMD2: 5)
     warmup_steps: int = 200  # critic-only updates before the generator moves (the fake net starts random)
     sigma_min: float = 0.02
