@@ -37,7 +37,7 @@ def make_parser(script_file: str, description: str, threads: int | None = 1) -> 
     parser.add_argument("--seed", type=int, default=0, help="seed of every random number generator")
     parser.add_argument(
         "--threads", type=int, default=threads,
-        help="torch intra-op threads (None: leave torch's setting)",
+        help="torch intra-op threads",
     )
     return parser
 

@@ -29,7 +29,15 @@ def gmm():
     return load_example("gmm_f_distill")
 
 
-def test_gmm_f_distill_smoke(gmm, tmp_path):
+@pytest.fixture
+def restore_threads():
+    # main() sets torch's intra-op thread count (--threads, default 1); later tests must keep theirs
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_gmm_f_distill_smoke(gmm, tmp_path, restore_threads):
     argv = [
         "--out", str(tmp_path), "--seed", "3", "--steps", "15", "--warmup-steps", "5", "--batch-size", "64",
         "--eval-samples", "400", "--energy-samples", "200", "--time-bins", "4", "--gan-weight", "0.01",
