@@ -66,7 +66,7 @@ class MixtureTeacher:
         self.means = radius * torch.stack([angles.cos(), angles.sin()], dim=1)  # (K, 2)
         order = torch.tensor([(i // 2) if i % 2 == 0 else num_modes - 1 - i // 2 for i in range(num_modes)])
         raw = (order + 1).double()
-        self.weights = raw / raw.sum()  # (K,), unequal: the lightest mode has 1/K(K+1)/2 of the mass
+        self.weights = raw / raw.sum()  # (K,), unequal: 1/36 to 8/36 for K = 8
         self.stds = torch.full((num_modes,), mode_std, dtype=torch.float64)
         self.data_std = float((self.weights * (self.means.pow(2).sum(1) / 2 + self.stds**2)).sum().sqrt())
 
