@@ -199,6 +199,19 @@ def test_module_time_bins_match_fastgen_rule():
     assert torch.equal(before, module.bins)  # eval mode leaves the bins alone
 
 
+def test_module_divergence_estimate_and_time_without_bins():
+    x, t, f, logits = _inputs((6, 10))
+    module = fdiv_ops.FDistillLoss("js")
+    assert module.last_divergence_estimate is None
+    module(x, t, f, logits)
+    r, _ = ref.f_distill_weights(logits.double(), "js")
+    want = ref.f("js", torch.log(r)).mean()
+    torch.testing.assert_close(module.last_divergence_estimate.double(), want, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="num_time_bins = 0"):
+        module(x, t, f, logits, time=torch.rand(6))
+    assert fdiv_ops.FDistillLoss().divergence.name == "reverse_kl"  # the function's default too
+
+
 def test_cuda_tensor_on_cpu_only_build_is_a_clear_error():
     if fdiv_ops.build_info()["cuda"]:
         pytest.skip("this build has CUDA")

@@ -10,6 +10,7 @@ from torch import nn
 from ._validation import check_interval, check_positive
 from .divergences import Divergence, resolve
 from .ops.alignment import f_dpg_loss
+from .ops.divergence_psi import divergence_terms
 from .ops.f_distill import compute_weights, f_distill
 
 
@@ -26,13 +27,21 @@ class FDistillLoss(nn.Module):
     with the state dict) and are updated in training mode only; with a ``process_group`` the bin
     statistics and the mean of h are all-reduced.
 
-    After each call, ``last_ratio``, ``last_h`` (h_b after normalisation) and ``last_normalizer``
-    (mean |x - teacher_x0| per sample) hold that step's detached per-sample statistics.
+    After each call these hold that step's detached per-sample statistics, for logging:
+      ``last_ratio``       r_b as the weighting used it: clipped to ratio_clip, then divided by its time bin's
+                           mean when bins are on (None without disc_logits);
+      ``last_h``           h_b after batch normalisation;
+      ``last_normalizer``  mean |x - teacher_x0| per sample;
+      ``last_divergence_estimate``  E_q[f(r)] over the batch with the discriminator's clipped ratio (before any
+                           time-bin division): an estimate of D_f(p_t || q_t) to compare divergences by,
+                           computed on first access only.
+    ``time`` is binned linearly over ``time_range``: pass the quantity your sampler is uniform in (for a
+    log-uniform sigma, pass log sigma and its range).
     """
 
     def __init__(
         self,
-        divergence: str | Divergence = "js",
+        divergence: str | Divergence = "reverse_kl",
         *,
         logit_clamp: float = 10.0,
         ratio_clip: tuple[float, float] = (0.1, 20.0),
@@ -66,6 +75,7 @@ class FDistillLoss(nn.Module):
         self.last_ratio: torch.Tensor | None = None
         self.last_h: torch.Tensor | None = None
         self.last_normalizer: torch.Tensor | None = None
+        self._last_logits: torch.Tensor | None = None
 
     def _ratio_divisor(self, disc_logits: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
         if not isinstance(time, torch.Tensor) or time.shape != (disc_logits.shape[0],):
@@ -102,6 +112,8 @@ class FDistillLoss(nn.Module):
         time: torch.Tensor | None = None,
     ) -> torch.Tensor:
         divisor = None
+        if time is not None and self.num_time_bins == 0:
+            raise ValueError("time was given but num_time_bins = 0: set num_time_bins to bin the ratio by time")
         if self.num_time_bins > 0 and disc_logits is not None:
             if time is None:
                 raise ValueError("time is required when num_time_bins > 0 (the bin of each sample)")
@@ -114,7 +126,19 @@ class FDistillLoss(nn.Module):
         self.last_ratio = None if result.ratio is None else result.ratio.detach()
         self.last_h = result.h.detach()
         self.last_normalizer = result.normalizer.detach()
+        self._last_logits = None if disc_logits is None else disc_logits.detach()
         return result.loss
+
+    @property
+    def last_divergence_estimate(self) -> torch.Tensor | None:
+        """E_q[f(r_b)] over the last batch (a 0-d tensor), or None if it had no disc_logits."""
+        if self._last_logits is None:
+            return None
+        lc = check_positive("logit_clamp", self.logit_clamp)
+        lo, hi = check_interval("ratio_clip", self.ratio_clip)
+        ratio, _, _ = compute_weights(self._last_logits, self.divergence, False, lc, lo, hi)
+        f, _, _ = divergence_terms(torch.log(ratio), self.divergence)
+        return f.mean()
 
 
 class FDPG(nn.Module):
