@@ -1,0 +1,177 @@
+"""The benchmark loop: for each op, size and provider, time forward and forward+backward, measure the
+error against the float64 reference and the peak memory, and derive bandwidth and speed-ups.
+
+Returns plain dict records (the ``--json`` schema): one header, then one record per
+(op, shape, dtype, device, provider); a metric that was not measured is None, with a ``note`` saying why.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import time
+from collections.abc import Callable
+
+import torch
+
+import fdiv_ops
+
+from . import memory, providers, registry
+from .roofline import copy_bandwidth_gbps
+from .spec import Case, OpBench
+from .timing import PLANS, measure_ms
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+MAX_REL_ERR_NOTE = (
+    "max_rel_err: max over the output and every input gradient of max|x - ref| / max|ref|, ref = the eager "
+    "reference in float64 on the same inputs"
+)
+
+Progress = Callable[[str], None]  # called as each unit of work starts, with what it is
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def header(device: torch.device, dtype: str, preset: str, provider_names: list[str], ops: list[str]) -> dict:
+    return {
+        "record": "header",
+        "schema_version": 1,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device.type,
+        "device_name": device_name(device),
+        "copy_gbps": copy_bandwidth_gbps(device),
+        "dtype": dtype,
+        "preset": preset,
+        "ops": ops,
+        "providers": provider_names,
+        "threads": torch.get_num_threads(),
+        # Others' work on a shared machine inflates CPU timings: the 1-minute load average says how much.
+        "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "versions": {
+            "fdiv_ops": fdiv_ops.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "cuda": torch.version.cuda,
+        },
+        "build_info": {k: v for k, v in fdiv_ops.build_info().items()},
+        "notes": [MAX_REL_ERR_NOTE, memory.CUDA_NOTE if device.type == "cuda" else memory.CPU_NOTE],
+    }
+
+
+def _empty_record(bench: OpBench, case: Case, dtype: str, device: torch.device, provider: str) -> dict:
+    return {
+        "record": "result", "op": bench.name, "shape": list(case.shape), "params": dict(case.params),
+        "dtype": dtype, "device": device.type, "provider": provider,
+        "fwd_ms": None, "fwd_p20_ms": None, "fwd_p80_ms": None,
+        "fwd_bwd_ms": None, "fwd_bwd_p20_ms": None, "fwd_bwd_p80_ms": None, "reps": None,
+        "warmup_s": None, "bytes_moved": bench.bytes_moved(case, DTYPES[dtype]), "gbps": None, "copy_frac": None,
+        "peak_mem_mb": None, "speedup_vs_eager": None, "speedup_vs_compile": None, "max_rel_err": None,
+        "note": None,
+    }
+
+
+def _reference_outputs(bench: OpBench, case: Case, inputs) -> list[torch.Tensor] | None:
+    eager = bench.reference(case)
+    if eager is None:
+        return None
+    return providers.outputs_and_grads(eager, providers.upcast(inputs))
+
+
+def _measure(record: dict, fn, inputs, device: torch.device, plan, want, copy_gbps: float) -> None:
+    fwd_bwd = providers.forward_backward_step(fn, inputs)
+    t0 = time.perf_counter()
+    fwd_bwd()  # first call: torch.compile compiles here; reported, not timed
+    record["warmup_s"] = time.perf_counter() - t0
+    if want is not None:
+        record["max_rel_err"] = providers.max_rel_err(providers.outputs_and_grads(fn, inputs), want)
+    timing = measure_ms(providers.forward_step(fn, inputs), device, plan)
+    record.update(fwd_ms=timing.median_ms, fwd_p20_ms=timing.p20_ms, fwd_p80_ms=timing.p80_ms)
+    timing = measure_ms(fwd_bwd, device, plan)
+    record.update(fwd_bwd_ms=timing.median_ms, fwd_bwd_p20_ms=timing.p20_ms, fwd_bwd_p80_ms=timing.p80_ms,
+                  reps=timing.reps)
+    record["gbps"] = record["bytes_moved"] / (timing.median_ms * 1e-3) / 1e9
+    record["copy_frac"] = record["gbps"] / copy_gbps
+    if device.type == "cuda":
+        record["peak_mem_mb"] = memory.cuda_peak_mb(fwd_bwd, device)
+
+
+def _speedups(records: list[dict]) -> None:
+    by_provider = {r["provider"]: r["fwd_bwd_ms"] for r in records}
+    for r in records:
+        if r["fwd_bwd_ms"] is None:
+            continue
+        for base in ("eager", "compile"):
+            if by_provider.get(base):
+                r[f"speedup_vs_{base}"] = by_provider[base] / r["fwd_bwd_ms"]
+
+
+def count_steps(ops: list[str], device: torch.device, preset: str, provider_names: list[str],
+                measure_memory: bool = True) -> int:
+    """How many times ``run`` calls ``progress``: once per (op, size, provider), plus once per
+    (op, provider) memory subprocess on the CPU."""
+    known = registry.available()
+    per_op_memory = len(provider_names) if measure_memory and device.type == "cpu" else 0
+    return sum(len(known[op].cases(preset, device)) * len(provider_names) + per_op_memory for op in ops)
+
+
+def run(ops: list[str], device: torch.device, dtype: str, preset: str, provider_names: list[str], *,
+        measure_memory: bool = True, progress: Progress | None = None) -> list[dict]:
+    """[header, record, ...] for every (op, size of the preset, provider)."""
+    known = registry.available()
+    head = header(device, dtype, preset, provider_names, ops)
+    plan = PLANS[preset]
+    out: list[dict] = [head]
+    for op in ops:
+        bench = known[op]
+        cases = bench.cases(preset, device)
+        op_records: list[list[dict]] = []
+        for case in cases:
+            torch._dynamo.reset()  # a fresh compile per size: no recompile limit across sizes
+            inputs = providers.require_grads(bench.make_inputs(case, DTYPES[dtype], device))
+            want = _reference_outputs(bench, case, inputs)
+            case_records = []
+            for name in provider_names:
+                if progress is not None:
+                    progress(f"{op} {case.label} {name}")
+                record = _empty_record(bench, case, dtype, device, name)
+                fn = providers.build(bench, case, name, device)
+                if isinstance(fn, str):
+                    record["note"] = f"skipped: {fn}"
+                else:
+                    try:
+                        _measure(record, fn, inputs, device, plan, want, head["copy_gbps"])
+                    except Exception as exc:  # noqa: BLE001 -- one failing provider must not hide the others' numbers
+                        record["note"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                case_records.append(record)
+            _speedups(case_records)
+            op_records.append(case_records)
+            del inputs, want
+        if measure_memory and device.type == "cpu":
+            for column, name in enumerate(provider_names):
+                if progress is not None:
+                    progress(f"{op} peak memory {name}")
+                if all(recs[column]["fwd_bwd_ms"] is None for recs in op_records):
+                    continue  # skipped or failed everywhere: nothing to measure
+                peaks, note = memory.cpu_peak_mb(op, preset, dtype, name)
+                for recs, peak in zip(op_records, peaks or [None] * len(op_records)):
+                    if recs[column]["fwd_bwd_ms"] is not None:
+                        recs[column]["peak_mem_mb"] = peak
+                        if peak is None and note and not recs[column]["note"]:
+                            recs[column]["note"] = note
+        for case_records in op_records:
+            out.extend(case_records)
+    head["load_avg_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return out
