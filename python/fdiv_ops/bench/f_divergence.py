@@ -17,7 +17,7 @@ from .spec import Case, Inputs, OpBench
 
 _SIZES = {  # (rows, V) per (preset, device); rows = B·T tokens
     ("tiny", "cpu"): [(8, 257)],
-    ("quick", "cpu"): [(256, 32000)],
+    ("quick", "cpu"): [(64, 32000)],
     ("full", "cpu"): [(512, 32000), (2048, 32000)],
     ("tiny", "cuda"): [(8, 257)],
     ("quick", "cuda"): [(4096, 32000)],

@@ -1,8 +1,8 @@
-"""Subprocess entry of the CPU peak-memory measurement (see memory.py): one op, one provider, every size.
+"""Subprocess entry of the CPU peak-memory measurement (see memory.py): one provider, every op and size.
 
-    python -m fdiv_ops.bench.memprobe OP PRESET DTYPE PROVIDER THREADS
+    python -m fdiv_ops.bench.memprobe OP[,OP...] PRESET DTYPE PROVIDER THREADS
 
-prints one JSON line {"peak_mb": [MiB or null per case], "note": str | null}.
+prints one JSON line {"peak_mb": {op: [MiB or null per case]}, "notes": {op: str | null}}.
 """
 
 from __future__ import annotations
@@ -16,35 +16,43 @@ import torch
 from . import providers, registry
 from .memory import rss_growth_mb
 from .runner import DTYPES
+from .spec import OpBench
 
 
-def main(argv: list[str]) -> int:
-    op, preset, dtype_name, provider_name, threads = argv
-    torch.set_num_threads(int(threads))
-    bench = registry.declared()[op]
+def _op_peaks(bench: OpBench, preset: str, dtype: torch.dtype, provider_name: str):
     device = torch.device("cpu")
     peaks: list[float | None] = []
     note = None
     for case in bench.cases(preset, device):
+        torch._dynamo.reset()  # as the timing run does: a fresh compile per size
         fn = providers.build(bench, case, provider_name, device)
         if isinstance(fn, str):
             peaks.append(None)
             note = fn
             continue
-        inputs = providers.require_grads(bench.make_inputs(case, DTYPES[dtype_name], device))
+        inputs = providers.require_grads(bench.make_inputs(case, dtype, device))
         step = providers.forward_backward_step(fn, inputs)
         try:
             step()  # the first call compiles (torch.compile) and fills OpenMP/MKL thread-local buffers
-            step()
-            providers._clear_grads(inputs)
+            providers.clear_grads(inputs)
             gc.collect()
             peaks.append(rss_growth_mb(step))
-        except Exception as exc:  # noqa: BLE001 -- reported, not raised: the timing run reports the same failure
+        except Exception as exc:  # noqa: BLE001 -- reported, not raised: the timing run reports it too
             peaks.append(None)
             note = f"{type(exc).__name__}: {exc}"
         del inputs, step
         gc.collect()
-    print(json.dumps({"peak_mb": peaks, "note": note}))
+    return peaks, note
+
+
+def main(argv: list[str]) -> int:
+    ops, preset, dtype_name, provider_name, threads = argv
+    torch.set_num_threads(int(threads))
+    declared = registry.declared()
+    peaks, notes = {}, {}
+    for op in ops.split(","):
+        peaks[op], notes[op] = _op_peaks(declared[op], preset, DTYPES[dtype_name], provider_name)
+    print(json.dumps({"peak_mb": peaks, "notes": notes}))
     return 0
 
 

@@ -28,7 +28,7 @@ def build(bench: OpBench, case: Case, name: str, device: torch.device) -> Provid
     raise ValueError(f"unknown provider {name!r}; valid: {', '.join(PROVIDERS)}")
 
 
-def _clear_grads(inputs: Inputs) -> None:
+def clear_grads(inputs: Inputs) -> None:
     for index in inputs.grad_args:
         inputs.args[index].grad = None
 
@@ -46,7 +46,7 @@ def forward_backward_step(fn: Provider, inputs: Inputs) -> Callable[[], object]:
     """Forward, then backward with an all-ones upstream gradient, into fresh .grad tensors."""
 
     def step():
-        _clear_grads(inputs)
+        clear_grads(inputs)
         out = fn(*inputs.args)
         out.backward(torch.ones_like(out))
         return out

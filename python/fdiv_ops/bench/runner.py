@@ -120,11 +120,56 @@ def _speedups(records: list[dict]) -> None:
 
 def count_steps(ops: list[str], device: torch.device, preset: str, provider_names: list[str],
                 measure_memory: bool = True) -> int:
-    """How many times ``run`` calls ``progress``: once per (op, size, provider), plus once per
-    (op, provider) memory subprocess on the CPU."""
+    """How many times ``run`` calls ``progress``: once per (op, size, provider), plus once per provider
+    for its CPU memory subprocess."""
     known = registry.available()
-    per_op_memory = len(provider_names) if measure_memory and device.type == "cpu" else 0
-    return sum(len(known[op].cases(preset, device)) * len(provider_names) + per_op_memory for op in ops)
+    memory_steps = len(provider_names) if measure_memory and device.type == "cpu" else 0
+    return sum(len(known[op].cases(preset, device)) * len(provider_names) for op in ops) + memory_steps
+
+
+def _run_case(bench: OpBench, case: Case, device: torch.device, dtype: str, provider_names: list[str], plan,
+              copy_gbps: float, progress: Progress | None) -> list[dict]:
+    torch._dynamo.reset()  # a fresh compile per size: no recompile limit across sizes
+    inputs = providers.require_grads(bench.make_inputs(case, DTYPES[dtype], device))
+    want = _reference_outputs(bench, case, inputs)
+    records = []
+    for name in provider_names:
+        if progress is not None:
+            progress(f"{bench.name} {case.label} {name}")
+        record = _empty_record(bench, case, dtype, device, name)
+        fn = providers.build(bench, case, name, device)
+        if isinstance(fn, str):
+            record["note"] = f"skipped: {fn}"
+        else:
+            try:
+                _measure(record, fn, inputs, device, plan, want, copy_gbps)
+            except Exception as exc:  # noqa: BLE001 -- one failing provider must not hide the others' numbers
+                record["note"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        records.append(record)
+    _speedups(records)
+    return records
+
+
+def _cpu_memory(results: list[dict], ops: list[str], preset: str, dtype: str, provider_names: list[str],
+                progress: Progress | None) -> None:
+    """Fill peak_mem_mb of the CPU records: one fresh subprocess per provider, covering every op and size
+    (the probe resets the peak-RSS mark before each size)."""
+    for name in provider_names:
+        if progress is not None:
+            progress(f"peak memory {name}")
+        mine = [r for r in results if r["provider"] == name]
+        if all(r["fwd_bwd_ms"] is None for r in mine):
+            continue  # skipped or failed everywhere: nothing to measure
+        peaks, notes = memory.cpu_peak_mb(ops, preset, dtype, name)
+        for op in ops:
+            op_records = [r for r in mine if r["op"] == op]  # in case order, as the probe measures them
+            op_peaks = peaks.get(op) or [None] * len(op_records)
+            for record, peak in zip(op_records, op_peaks):
+                if record["fwd_bwd_ms"] is None:
+                    continue
+                record["peak_mem_mb"] = peak
+                if peak is None and not record["note"]:
+                    record["note"] = notes.get(op) or "peak memory not measured"
 
 
 def run(ops: list[str], device: torch.device, dtype: str, preset: str, provider_names: list[str], *,
@@ -133,45 +178,11 @@ def run(ops: list[str], device: torch.device, dtype: str, preset: str, provider_
     known = registry.available()
     head = header(device, dtype, preset, provider_names, ops)
     plan = PLANS[preset]
-    out: list[dict] = [head]
+    results: list[dict] = []
     for op in ops:
-        bench = known[op]
-        cases = bench.cases(preset, device)
-        op_records: list[list[dict]] = []
-        for case in cases:
-            torch._dynamo.reset()  # a fresh compile per size: no recompile limit across sizes
-            inputs = providers.require_grads(bench.make_inputs(case, DTYPES[dtype], device))
-            want = _reference_outputs(bench, case, inputs)
-            case_records = []
-            for name in provider_names:
-                if progress is not None:
-                    progress(f"{op} {case.label} {name}")
-                record = _empty_record(bench, case, dtype, device, name)
-                fn = providers.build(bench, case, name, device)
-                if isinstance(fn, str):
-                    record["note"] = f"skipped: {fn}"
-                else:
-                    try:
-                        _measure(record, fn, inputs, device, plan, want, head["copy_gbps"])
-                    except Exception as exc:  # noqa: BLE001 -- one failing provider must not hide the others' numbers
-                        record["note"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                case_records.append(record)
-            _speedups(case_records)
-            op_records.append(case_records)
-            del inputs, want
-        if measure_memory and device.type == "cpu":
-            for column, name in enumerate(provider_names):
-                if progress is not None:
-                    progress(f"{op} peak memory {name}")
-                if all(recs[column]["fwd_bwd_ms"] is None for recs in op_records):
-                    continue  # skipped or failed everywhere: nothing to measure
-                peaks, note = memory.cpu_peak_mb(op, preset, dtype, name)
-                for recs, peak in zip(op_records, peaks or [None] * len(op_records)):
-                    if recs[column]["fwd_bwd_ms"] is not None:
-                        recs[column]["peak_mem_mb"] = peak
-                        if peak is None and note and not recs[column]["note"]:
-                            recs[column]["note"] = note
-        for case_records in op_records:
-            out.extend(case_records)
+        for case in known[op].cases(preset, device):
+            results += _run_case(known[op], case, device, dtype, provider_names, plan, head["copy_gbps"], progress)
+    if measure_memory and device.type == "cpu":
+        _cpu_memory(results, ops, preset, dtype, provider_names, progress)
     head["load_avg_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    return out
+    return [head, *results]
