@@ -204,3 +204,83 @@ def test_plugged_in_ops_run_through_the_harness(monkeypatch):
         else:
             assert r["note"] is None, r
             assert r["fwd_bwd_ms"] > 0 and r["bytes_moved"] > 0 and r["max_rel_err"] < 1e-5
+
+
+def test_interleaved_timing_runs_every_step_in_rounds():
+    from fdiv_ops.bench.timing import TimingPlan, measure_interleaved
+
+    calls = []
+    steps = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    timings = measure_interleaved(steps, torch.device("cpu"), TimingPlan(warmup=1, min_reps=4, max_reps=4,
+                                                                          min_time_s=0.0))
+    assert calls[:3] == ["a", "b", "c"]  # the warm-up round
+    assert calls[3:6] == ["a", "b", "c"] and calls[6:9] == ["b", "c", "a"]  # rotating rounds
+    assert len(calls) == 3 * 5 and all(t.reps == 4 and t.p20_ms <= t.median_ms <= t.p80_ms for t in timings.values())
+
+
+def test_bad_thread_count_is_an_error(capsys):
+    assert cli.main(["bench", "--threads", "0"]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
+
+
+def _readme_table_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "make_readme_table.py"
+    spec = importlib.util.spec_from_file_location("make_readme_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_table_is_generated_from_the_results():
+    # The README's numbers come from benchmarks/results/*.json through the script, never by hand.
+    assert _readme_table_script().main(["--check"]) == 0
+
+
+def test_readme_table_renders_a_bench_json(tmp_path, tiny_run):
+    script = _readme_table_script()
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "cpu.json").write_text(json.dumps(tiny_run[1]))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{script.START}\nstale\n{script.END}\noutro\n")
+    assert script.main(["--readme", str(readme), "--results", str(results)]) == 0
+    text = readme.read_text()
+    assert "stale" not in text and text.startswith("intro\n") and text.endswith("outro\n")
+    assert "| f_distill |" in text and "**fdiv_ops**" in text
+    assert script.main(["--check", "--readme", str(readme), "--results", str(results)]) == 0
+
+
+class _Terminal(__import__("io").StringIO):
+    def isatty(self):
+        return True
+
+
+def test_table_is_rich_on_a_terminal_and_plain_without_rich(tiny_run, monkeypatch):
+    from fdiv_ops.bench import report
+
+    records = tiny_run[1]
+    if _has_rich():
+        terminal = _Terminal()
+        report.print_table(records, stream=terminal)
+        assert "┃" in terminal.getvalue()  # rich's table border
+    monkeypatch.setitem(sys.modules, "rich.console", None)  # rich not installed: import fails
+    terminal = _Terminal()
+    report.print_table(records, stream=terminal)
+    text = terminal.getvalue()
+    assert "┃" not in text and text.splitlines()[1].split()[:3] == ["op", "shape", "provider"]
+
+
+def _has_rich() -> bool:
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_plot_without_matplotlib_says_what_to_install(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert cli.main(["bench", "--preset", "tiny", "--plot", str(tmp_path / "x.png")]) == 2
+    assert "pip install" in capsys.readouterr().err and not (tmp_path / "x.png").exists()

@@ -1,7 +1,7 @@
 """The ``fdiv-ops`` command: ``fdiv-ops info`` and ``fdiv-ops bench``.
 
     fdiv-ops bench [OP ...] [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--preset tiny|quick|full]
-                   [--providers fdiv_ops,eager,compile,liger] [--json PATH] [--plot PATH]
+                   [--providers fdiv_ops,eager,compile,liger] [--threads N] [--json PATH] [--plot PATH]
 
 With no arguments: every op in this build, the quick preset, on the GPU when one is usable, else the CPU.
 """
@@ -77,6 +77,10 @@ def _bench(args) -> int:
                       f"{build_info().get('cuda_status')}); use --device cpu")
     if args.plot and matplotlib_missing():
         return _error(matplotlib_missing())
+    if args.threads is not None:
+        if args.threads < 1:
+            return _error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)  # fdiv_ops' CPU kernels follow torch's thread count
     device = torch.device(args.device or ("cuda" if cuda_available() else "cpu"))
 
     total = runner.count_steps(ops, device, args.preset, provider_names)
@@ -114,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="sizes: quick (default, < 2 min on a 2-core CPU), full, tiny (tests)")
     bench.add_argument("--providers", default=",".join(PROVIDERS),
                        help=f"comma-separated subset of {','.join(PROVIDERS)} (default: all; liger needs CUDA)")
+    bench.add_argument("--threads", type=int, default=None,
+                       help="CPU threads for torch and fdiv_ops (default: torch's default, one per core)")
     bench.add_argument("--json", default=None, metavar="PATH", help="write the records to this JSON file")
     bench.add_argument("--plot", default=None, metavar="PATH", help="write speed-up and memory plots to this PNG")
     bench.set_defaults(fn=_bench)

@@ -20,7 +20,7 @@ import fdiv_ops
 from . import memory, providers, registry
 from .roofline import copy_bandwidth_gbps
 from .spec import Case, OpBench
-from .timing import PLANS, measure_ms
+from .timing import PLANS, measure_interleaved
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -90,22 +90,33 @@ def _reference_outputs(bench: OpBench, case: Case, inputs) -> list[torch.Tensor]
     return providers.outputs_and_grads(eager, providers.upcast(inputs))
 
 
-def _measure(record: dict, fn, inputs, device: torch.device, plan, want, copy_gbps: float) -> None:
-    fwd_bwd = providers.forward_backward_step(fn, inputs)
+def _prepare(record: dict, fn, inputs, want) -> None:
+    """The untimed first call (torch.compile compiles here) and the error check."""
     t0 = time.perf_counter()
-    fwd_bwd()  # first call: torch.compile compiles here; reported, not timed
+    providers.forward_backward_step(fn, inputs)()
     record["warmup_s"] = time.perf_counter() - t0
     if want is not None:
         record["max_rel_err"] = providers.max_rel_err(providers.outputs_and_grads(fn, inputs), want)
-    timing = measure_ms(providers.forward_step(fn, inputs), device, plan)
-    record.update(fwd_ms=timing.median_ms, fwd_p20_ms=timing.p20_ms, fwd_p80_ms=timing.p80_ms)
-    timing = measure_ms(fwd_bwd, device, plan)
-    record.update(fwd_bwd_ms=timing.median_ms, fwd_bwd_p20_ms=timing.p20_ms, fwd_bwd_p80_ms=timing.p80_ms,
-                  reps=timing.reps)
-    record["gbps"] = record["bytes_moved"] / (timing.median_ms * 1e-3) / 1e9
-    record["copy_frac"] = record["gbps"] / copy_gbps
-    if device.type == "cuda":
-        record["peak_mem_mb"] = memory.cuda_peak_mb(fwd_bwd, device)
+        if record["max_rel_err"] == float("inf"):
+            record["note"] = "output or gradient not finite where the float64 reference is"
+
+
+def _time(records: dict[str, dict], fns: dict, inputs, device: torch.device, plan, copy_gbps: float) -> None:
+    """fwd and fwd+bwd of every ready provider, interleaved in rounds (timing.measure_interleaved)."""
+    steps = {}
+    for name, fn in fns.items():
+        steps[(name, "fwd")] = providers.forward_step(fn, inputs)
+        steps[(name, "fwd_bwd")] = providers.forward_backward_step(fn, inputs)
+    timings = measure_interleaved(steps, device, plan)
+    for name in fns:
+        record, fwd, fwd_bwd = records[name], timings[(name, "fwd")], timings[(name, "fwd_bwd")]
+        record.update(fwd_ms=fwd.median_ms, fwd_p20_ms=fwd.p20_ms, fwd_p80_ms=fwd.p80_ms,
+                      fwd_bwd_ms=fwd_bwd.median_ms, fwd_bwd_p20_ms=fwd_bwd.p20_ms, fwd_bwd_p80_ms=fwd_bwd.p80_ms,
+                      reps=fwd_bwd.reps)
+        record["gbps"] = record["bytes_moved"] / (fwd_bwd.median_ms * 1e-3) / 1e9
+        record["copy_frac"] = record["gbps"] / copy_gbps
+        if device.type == "cuda":
+            record["peak_mem_mb"] = memory.cuda_peak_mb(steps[(name, "fwd_bwd")], device)
 
 
 def _speedups(records: list[dict]) -> None:
@@ -120,11 +131,16 @@ def _speedups(records: list[dict]) -> None:
 
 def count_steps(ops: list[str], device: torch.device, preset: str, provider_names: list[str],
                 measure_memory: bool = True) -> int:
-    """How many times ``run`` calls ``progress``: once per (op, size, provider), plus once per provider
-    for its CPU memory subprocess."""
+    """How many times ``run`` calls ``progress``: per (op, size) once per provider (its first call and
+    error check) and once for the interleaved timing, plus once per provider for its CPU memory
+    subprocess."""
     known = registry.available()
     memory_steps = len(provider_names) if measure_memory and device.type == "cpu" else 0
-    return sum(len(known[op].cases(preset, device)) * len(provider_names) for op in ops) + memory_steps
+    return sum(len(known[op].cases(preset, device)) * (len(provider_names) + 1) for op in ops) + memory_steps
+
+
+def _failed(exc: Exception) -> str:
+    return f"failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
 
 
 def _run_case(bench: OpBench, case: Case, device: torch.device, dtype: str, provider_names: list[str], plan,
@@ -132,22 +148,31 @@ def _run_case(bench: OpBench, case: Case, device: torch.device, dtype: str, prov
     torch._dynamo.reset()  # a fresh compile per size: no recompile limit across sizes
     inputs = providers.require_grads(bench.make_inputs(case, DTYPES[dtype], device))
     want = _reference_outputs(bench, case, inputs)
-    records = []
+    records, ready = {}, {}
     for name in provider_names:
         if progress is not None:
             progress(f"{bench.name} {case.label} {name}")
-        record = _empty_record(bench, case, dtype, device, name)
+        record = records[name] = _empty_record(bench, case, dtype, device, name)
         fn = providers.build(bench, case, name, device)
         if isinstance(fn, str):
             record["note"] = f"skipped: {fn}"
-        else:
-            try:
-                _measure(record, fn, inputs, device, plan, want, copy_gbps)
-            except Exception as exc:  # noqa: BLE001 -- one failing provider must not hide the others' numbers
-                record["note"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-        records.append(record)
-    _speedups(records)
-    return records
+            continue
+        try:
+            _prepare(record, fn, inputs, want)
+            ready[name] = fn
+        except Exception as exc:  # noqa: BLE001 -- one failing provider must not hide the others' numbers
+            record["note"] = _failed(exc)
+    if progress is not None:
+        progress(f"{bench.name} {case.label} timing")
+    if ready:
+        try:
+            _time(records, ready, inputs, device, plan, copy_gbps)
+        except Exception as exc:  # noqa: BLE001 -- reported in every record of the size
+            for name in ready:
+                records[name]["note"] = _failed(exc)
+    results = list(records.values())
+    _speedups(results)
+    return results
 
 
 def _cpu_memory(results: list[dict], ops: list[str], preset: str, dtype: str, provider_names: list[str],

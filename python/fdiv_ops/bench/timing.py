@@ -1,14 +1,19 @@
-"""Timing of a callable: warm-up, then the median and p20/p80 of repeated runs.
+"""Timing of callables: warm-up, then the median and p20/p80 of repeated runs.
 
 On a GPU each run is bracketed by CUDA events (device time, no host overhead between runs counted);
 on the CPU by perf_counter around a call that returns only when the work is done.
+
+``measure_interleaved`` times several callables in rounds (A B C, B C A, ...) instead of one after
+the other: on a shared CPU the load drifts from second to second (an OpenMP worker that loses its
+core stalls a whole parallel region for a scheduler tick), and rounds expose every provider to the
+same drift, so their ratios stay meaningful even when absolute times do not.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import torch
@@ -77,3 +82,26 @@ def summarize(times: list[float]) -> Timing:
     else:
         p20 = p80 = ordered[0]
     return Timing(statistics.median(ordered), p20, p80, len(ordered))
+
+
+def measure_interleaved(steps: dict[Hashable, Callable[[], object]], device: torch.device,
+                        plan: TimingPlan) -> dict[Hashable, Timing]:
+    """Timing of every step, measured in rotating rounds after ``plan.warmup`` untimed rounds. Stops once
+    every step has ``min_reps`` runs and ``min_time_s`` per step has passed, or at ``max_reps``."""
+    keys = list(steps)
+    for _ in range(plan.warmup):
+        for key in keys:
+            steps[key]()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    times: dict[Hashable, list[float]] = {key: [] for key in keys}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < plan.min_reps or (
+        rounds < plan.max_reps and time.perf_counter() - start < plan.min_time_s * len(keys)
+    ):
+        shift = rounds % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            times[key].append(_one_run_ms(steps[key], device))
+        rounds += 1
+    return {key: summarize(values) for key, values in times.items()}
