@@ -284,3 +284,19 @@ def test_plot_without_matplotlib_says_what_to_install(monkeypatch, capsys, tmp_p
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert cli.main(["bench", "--preset", "tiny", "--plot", str(tmp_path / "x.png")]) == 2
     assert "pip install" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.cuda
+def test_bench_on_cuda_tiny(tmp_path):
+    path = tmp_path / "cuda.json"
+    assert cli.main(["bench", "--device", "cuda", "--preset", "tiny", "--json", str(path)]) == 0
+    records = json.loads(path.read_text())
+    assert records[0]["device"] == "cuda" and records[0]["copy_gbps"] > 0
+    for r in records[1:]:
+        if r["provider"] == "liger" and r["fwd_ms"] is None:
+            assert r["note"].startswith("skipped:")  # not installed, or no Liger equivalent of this op
+            continue
+        assert r["note"] is None, r
+        assert r["fwd_bwd_ms"] > 0 and r["peak_mem_mb"] >= 0  # max_memory_allocated over one step
+        if r["provider"] != "liger":
+            assert r["max_rel_err"] < 1e-5
