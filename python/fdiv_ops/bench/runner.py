@@ -78,7 +78,8 @@ def _empty_record(bench: OpBench, case: Case, dtype: str, device: torch.device, 
         "fwd_ms": None, "fwd_p20_ms": None, "fwd_p80_ms": None,
         "fwd_bwd_ms": None, "fwd_bwd_p20_ms": None, "fwd_bwd_p80_ms": None, "reps": None,
         "warmup_s": None, "bytes_moved": bench.bytes_moved(case, DTYPES[dtype]), "gbps": None, "copy_frac": None,
-        "peak_mem_mb": None, "speedup_vs_eager": None, "speedup_vs_compile": None, "max_rel_err": None,
+        "peak_mem_mb": None, "speedup_vs_eager": None, "speedup_vs_compile": None,
+        "fwd_speedup_vs_eager": None, "fwd_speedup_vs_compile": None, "max_rel_err": None,
         "note": None,
     }
 
@@ -127,13 +128,16 @@ def _time(records: dict[str, dict], fns: dict, inputs, device: torch.device, pla
 
 
 def _speedups(records: list[dict]) -> None:
-    by_provider = {r["provider"]: r["fwd_bwd_ms"] for r in records}
+    """speedup_vs_<base>: fwd+bwd (the table's); fwd_speedup_vs_<base>: forward only (JSON only)."""
+    by_provider = {r["provider"]: r for r in records}
     for r in records:
         if r["fwd_bwd_ms"] is None:
             continue
         for base in ("eager", "compile"):
-            if by_provider.get(base):
-                r[f"speedup_vs_{base}"] = by_provider[base] / r["fwd_bwd_ms"]
+            ref = by_provider.get(base)
+            if ref is not None and ref["fwd_bwd_ms"] is not None:
+                r[f"speedup_vs_{base}"] = ref["fwd_bwd_ms"] / r["fwd_bwd_ms"]
+                r[f"fwd_speedup_vs_{base}"] = ref["fwd_ms"] / r["fwd_ms"]
 
 
 def count_steps(ops: list[str], device: torch.device, preset: str, provider_names: list[str],
