@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
-COLUMNS = ("op", "shape", "provider", "fwd+bwd ms (p20-p80)", "fwd ms", "GB/s (% of copy)", "peak MB",
+COLUMNS = ("op", "shape", "provider", "fwd+bwd ms (p20-p80)", "fwd ms", "GB/s (% of roofline)", "peak MB",
            "x eager", "x compile", "max rel err")
 
 
@@ -45,7 +45,7 @@ def table_for(path: Path) -> str:
     loads = [head.get("load_avg_1min"), head.get("load_avg_1min_end")]
     lines = [
         f"**{path.name}**: {head['device_name']}, {head['dtype']}, preset "
-        f"`{head['preset']}`, torch {head['versions']['torch']}, {head['created_utc']}; measured copy "
+        f"`{head['preset']}`, torch {head['versions']['torch']}, {head['created_utc']}; device copy "
         f"bandwidth {head['copy_gbps']:.1f} GB/s"
         + ("" if None in loads else f"; 1-minute load average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end"),
         "",
@@ -60,7 +60,9 @@ def table_for(path: Path) -> str:
                 notes.append(note)
             continue
         lines.append("| " + " | ".join(_row(r)) + " |")
-    lines += [""] + [f"- {n}" for n in head.get("notes", []) + notes]
+    roofline = ("roofline: the time of a device copy moving the bytes a fused fwd+bwd must move, timed in the "
+                "same rounds as the providers; GB/s = those bytes / fwd+bwd time")
+    lines += [""] + [f"- {n}" for n in head.get("notes", []) + [roofline] + notes]
     plot = path.with_suffix(".png")  # written by the same run's --plot, if it was asked for
     if plot.exists():
         lines += ["", f"![speed-up and peak memory, {path.name}](benchmarks/results/{plot.name})"]

@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 
 CPU_NOTE = (
-    "CPU peak MB: growth of the peak RSS of a fresh subprocess per provider during one fwd+bwd "
-    "after warm-up, relative to its RSS once the inputs exist"
+    "CPU peak MB (MiB, 2^20 bytes): growth of the peak RSS of a fresh subprocess per provider during one "
+    "fwd+bwd after warm-up, relative to its RSS once the inputs exist"
 )
-CUDA_NOTE = "CUDA peak MB: torch.cuda.max_memory_allocated during one fwd+bwd, minus the memory allocated before it"
+CUDA_NOTE = ("CUDA peak MB (MiB, 2^20 bytes): torch.cuda.max_memory_allocated during one fwd+bwd, minus the "
+             "memory allocated before it")
 
 _MIB = float(1 << 20)
 

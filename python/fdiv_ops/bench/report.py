@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-COLUMNS = ("op", "shape", "provider", "fwd ms", "fwd+bwd ms", "p20-p80 ms", "GB/s", "% copy", "peak MB",
+COLUMNS = ("op", "shape", "provider", "fwd ms", "fwd+bwd ms", "p20-p80 ms", "GB/s", "% roof", "peak MB",
            "x eager", "x compile", "max rel err")
 _LEFT = {"op", "shape", "provider"}
 
@@ -41,7 +41,7 @@ def _row(r: dict) -> list[str]:
 
 def _title(head: dict) -> str:
     return (f"fdiv-ops bench: {head['device_name']}, {head['dtype']}, preset {head['preset']}; "
-            f"copy bandwidth {head['copy_gbps']:.1f} GB/s (the roofline)")
+            f"device copy bandwidth {head['copy_gbps']:.1f} GB/s")
 
 
 def _notes(head: dict, results: list[dict], extra: list[str]) -> list[str]:
@@ -53,7 +53,8 @@ def _notes(head: dict, results: list[dict], extra: list[str]) -> list[str]:
         notes.append(f"1-minute load average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end, "
                      f"{head['threads']} threads{busy}")
     notes.append("fwd/fwd+bwd: median ms (p20-p80 of fwd+bwd); GB/s: bytes a fused fwd+bwd must move / "
-                 "fwd+bwd time; % copy: of the copy bandwidth; x eager / x compile: fwd+bwd speed-up")
+                 "fwd+bwd time; % roof: time of a device copy moving those bytes (timed in the same rounds) / "
+                 "fwd+bwd time; x eager / x compile: fwd+bwd speed-up")
     seen = set()
     for r in results:
         if r["note"] and (r["provider"], r["note"]) not in seen:

@@ -77,7 +77,8 @@ def _empty_record(bench: OpBench, case: Case, dtype: str, device: torch.device, 
         "dtype": dtype, "device": device.type, "provider": provider,
         "fwd_ms": None, "fwd_p20_ms": None, "fwd_p80_ms": None,
         "fwd_bwd_ms": None, "fwd_bwd_p20_ms": None, "fwd_bwd_p80_ms": None, "reps": None,
-        "warmup_s": None, "bytes_moved": bench.bytes_moved(case, DTYPES[dtype]), "gbps": None, "copy_frac": None,
+        "warmup_s": None, "bytes_moved": bench.bytes_moved(case, DTYPES[dtype]), "gbps": None, "copy_ms": None,
+        "copy_frac": None,
         "peak_mem_mb": None, "speedup_vs_eager": None, "speedup_vs_compile": None,
         "fwd_speedup_vs_eager": None, "fwd_speedup_vs_compile": None, "max_rel_err": None,
         "note": None,
@@ -108,20 +109,30 @@ def _prepare(record: dict, fn, inputs, want) -> None:
             record["note"] = "output or gradient not finite where the float64 reference is"
 
 
-def _time(records: dict[str, dict], fns: dict, inputs, device: torch.device, plan, copy_gbps: float) -> None:
+def _time(records: dict[str, dict], fns: dict, inputs, device: torch.device, plan) -> None:
     """fwd and fwd+bwd of every ready provider, interleaved in rounds (timing.measure_interleaved)."""
-    steps = {}
+    # The roofline of this size, timed in the same rounds: a device copy moving the same bytes (it reads
+    # half and writes half). On a shared CPU the load drifts, so a copy bandwidth measured once at the
+    # start can be off by several times for a given size; the header keeps that one for reference.
+    any_record = next(iter(records.values()))
+    copy_elems = max(1, any_record["bytes_moved"] // 8)  # float32: 4 bytes read + 4 written per element
+    buffers = [torch.ones(copy_elems, dtype=torch.float32, device=device)]
+    buffers.append(torch.empty_like(buffers[0]))
+    steps = {("copy", "copy"): lambda: buffers[1].copy_(buffers[0])}
     for name, fn in fns.items():
         steps[(name, "fwd")] = providers.forward_step(fn, inputs)
         steps[(name, "fwd_bwd")] = providers.forward_backward_step(fn, inputs)
     timings = measure_interleaved(steps, device, plan)
+    buffers.clear()  # free them before the peak-memory step
+    copy_ms = timings[("copy", "copy")].median_ms
     for name in fns:
         record, fwd, fwd_bwd = records[name], timings[(name, "fwd")], timings[(name, "fwd_bwd")]
         record.update(fwd_ms=fwd.median_ms, fwd_p20_ms=fwd.p20_ms, fwd_p80_ms=fwd.p80_ms,
                       fwd_bwd_ms=fwd_bwd.median_ms, fwd_bwd_p20_ms=fwd_bwd.p20_ms, fwd_bwd_p80_ms=fwd_bwd.p80_ms,
                       reps=fwd_bwd.reps)
         record["gbps"] = record["bytes_moved"] / (fwd_bwd.median_ms * 1e-3) / 1e9
-        record["copy_frac"] = record["gbps"] / copy_gbps
+        record["copy_ms"] = copy_ms
+        record["copy_frac"] = copy_ms / fwd_bwd.median_ms  # = gbps / (bandwidth of the same-size copy)
         if device.type == "cuda":
             providers.clear_grads(inputs)  # the last timed run's gradients must not count as the baseline
             record["peak_mem_mb"] = memory.cuda_peak_mb(steps[(name, "fwd_bwd")], device)
@@ -155,7 +166,7 @@ def _failed(exc: Exception) -> str:
 
 
 def _run_case(bench: OpBench, case: Case, device: torch.device, dtype: str, provider_names: list[str], plan,
-              copy_gbps: float, progress: Progress | None) -> list[dict]:
+              progress: Progress | None) -> list[dict]:
     torch._dynamo.reset()  # a fresh compile per size: no recompile limit across sizes
     inputs = providers.require_grads(bench.make_inputs(case, DTYPES[dtype], device))
     want, no_reference = _reference_outputs(bench, case, inputs)
@@ -180,7 +191,7 @@ def _run_case(bench: OpBench, case: Case, device: torch.device, dtype: str, prov
         progress(f"{bench.name} {case.label} timing")
     if ready:
         try:
-            _time(records, ready, inputs, device, plan, copy_gbps)
+            _time(records, ready, inputs, device, plan)
         except Exception as exc:  # noqa: BLE001 -- reported in every record of the size
             for name in ready:
                 records[name]["note"] = _failed(exc)
@@ -220,7 +231,7 @@ def run(ops: list[str], device: torch.device, dtype: str, preset: str, provider_
     results: list[dict] = []
     for op in ops:
         for case in known[op].cases(preset, device):
-            results += _run_case(known[op], case, device, dtype, provider_names, plan, head["copy_gbps"], progress)
+            results += _run_case(known[op], case, device, dtype, provider_names, plan, progress)
     if measure_memory and device.type == "cpu":
         _cpu_memory(results, ops, preset, dtype, provider_names, progress)
     head["load_avg_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
