@@ -88,13 +88,14 @@ def _bench(args) -> int:
         records = runner.run(ops, device, args.dtype, args.preset, provider_names, progress=progress)
     extra = [f"not in this build: {op} (waits for fdiv_ops.{api})" for op, api in missing.items()]
     extra += [f"{op}: {available[op].roofline_note}" for op in ops if available[op].roofline_note]
-    report.print_table(records, extra)
+    # Files first: a reader that closes the pipe early (`| head`) must not cost the measurements.
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(_json_safe(records), fh, indent=1)
             fh.write("\n")
     if args.plot:
         write_png(records, args.plot)
+    report.print_table(records, extra)
     return 0
 
 
