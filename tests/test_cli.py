@@ -300,3 +300,18 @@ def test_bench_on_cuda_tiny(tmp_path):
         assert r["fwd_bwd_ms"] > 0 and r["peak_mem_mb"] >= 0  # max_memory_allocated over one step
         if r["provider"] != "liger":
             assert r["max_rel_err"] < 1e-5
+
+
+def test_a_failing_provider_is_reported_and_the_others_still_run(monkeypatch):
+    import dataclasses
+
+    def broken(case):
+        raise ImportError("cannot import name 'LigerSomething'")  # e.g. a peer's API moved
+
+    bench = dataclasses.replace(registry.available()["f_distill"], fused=broken)
+    monkeypatch.setattr(registry, "available", lambda: {"f_distill": bench})
+    records = runner.run(["f_distill"], torch.device("cpu"), "fp32", "tiny", ["fdiv_ops", "eager"],
+                         measure_memory=False)
+    by_provider = {r["provider"]: r for r in records[1:]}
+    assert by_provider["fdiv_ops"]["note"].startswith("failed: ImportError") and by_provider["fdiv_ops"]["fwd_ms"] is None
+    assert by_provider["eager"]["note"] is None and by_provider["eager"]["fwd_bwd_ms"] > 0

@@ -25,14 +25,14 @@ def _op_peaks(bench: OpBench, preset: str, dtype: torch.dtype, provider_name: st
     note = None
     for case in bench.cases(preset, device):
         torch._dynamo.reset()  # as the timing run does: a fresh compile per size
-        fn = providers.build(bench, case, provider_name, device)
-        if isinstance(fn, str):
-            peaks.append(None)
-            note = fn
-            continue
         inputs = providers.require_grads(bench.make_inputs(case, dtype, device))
-        step = providers.forward_backward_step(fn, inputs)
         try:
+            fn = providers.build(bench, case, provider_name, device)
+            if isinstance(fn, str):
+                peaks.append(None)
+                note = fn
+                continue
+            step = providers.forward_backward_step(fn, inputs)
             step()  # the first call compiles (torch.compile) and fills OpenMP/MKL thread-local buffers
             providers.clear_grads(inputs)
             gc.collect()
@@ -40,7 +40,7 @@ def _op_peaks(bench: OpBench, preset: str, dtype: torch.dtype, provider_name: st
         except Exception as exc:  # noqa: BLE001 -- reported, not raised: the timing run reports it too
             peaks.append(None)
             note = f"{type(exc).__name__}: {exc}"
-        del inputs, step
+        del inputs
         gc.collect()
     return peaks, note
 

@@ -175,11 +175,11 @@ def _run_case(bench: OpBench, case: Case, device: torch.device, dtype: str, prov
         if progress is not None:
             progress(f"{bench.name} {case.label} {name}")
         record = records[name] = _empty_record(bench, case, dtype, device, name)
-        fn = providers.build(bench, case, name, device)
-        if isinstance(fn, str):
-            record["note"] = f"skipped: {fn}"
-            continue
         try:
+            fn = providers.build(bench, case, name, device)  # may import liger_kernel, whose API moves
+            if isinstance(fn, str):
+                record["note"] = f"skipped: {fn}"
+                continue
             _prepare(record, fn, inputs, want)
             ready[name] = fn
             record["note"] = record["note"] or no_reference
