@@ -3,6 +3,16 @@ error against the float64 reference and the peak memory, and derive bandwidth an
 
 Returns plain dict records (the ``--json`` schema): one header, then one record per
 (op, shape, dtype, device, provider); a metric that was not measured is None, with a ``note`` saying why.
+
+header:  record="header", schema_version, created_utc, device, device_name, copy_gbps (large-buffer
+         device copy), dtype, preset, ops, providers, threads, load_avg_1min (+ _end), versions
+         {fdiv_ops, torch, python, cuda}, build_info, notes (how peak memory and the error are defined)
+result:  record="result", op, shape, params (e.g. divergence), dtype, device, provider,
+         fwd_ms / fwd_p20_ms / fwd_p80_ms, fwd_bwd_ms / fwd_bwd_p20_ms / fwd_bwd_p80_ms, reps,
+         warmup_s (first call, torch.compile's compile included), bytes_moved (by a fused fwd+bwd),
+         gbps (bytes_moved / fwd_bwd time), copy_ms (a device copy of bytes_moved, same rounds),
+         copy_frac (copy_ms / fwd_bwd_ms), peak_mem_mb (MiB), speedup_vs_eager / speedup_vs_compile
+         (fwd+bwd), fwd_speedup_vs_eager / fwd_speedup_vs_compile, max_rel_err, note
 """
 
 from __future__ import annotations
