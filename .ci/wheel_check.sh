@@ -20,3 +20,5 @@ loss.backward()
 assert torch.isfinite(loss) and x.grad is not None and torch.isfinite(x.grad).all()
 print("wheel smoke test passed")
 PY
+# The benchmark CLI from the installed console script, without the optional rich/matplotlib (plain text).
+"$venv/bin/fdiv-ops" bench --preset tiny --providers fdiv_ops,eager

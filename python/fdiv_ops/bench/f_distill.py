@@ -1,42 +1,85 @@
-"""f_distill_loss forward+backward: fused vs the eager reference vs torch.compile of the reference."""
+"""f_distill_loss (docs/math.md §2): the f-distill / DMD2 generator loss over B samples of D elements.
+
+Memory-bound: a fused forward+backward must read x, teacher_x0 and fake_x0 once and write the gradient
+to x once, 4·B·D elements (the B×K logits are negligible). The divergence is js (with discriminator
+logits, so the weighting h(r) is exercised), the f-distill paper's best on ImageNet-64.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from .. import reference
-from ..ops.f_distill import f_distill_loss
+import fdiv_ops
+from fdiv_ops import reference
 
-PRESETS = {
-    "quick": [(64, (4, 64, 64))],
-    "full": [(64, (4, 64, 64)), (16, (4, 128, 128)), (64, (16, 128, 128))],
+from .spec import Case, Inputs, OpBench
+
+_HEADS = 4  # discriminator heads averaged into the log-ratio
+_DIVERGENCE = "js"
+
+# (B, C, H, W) image-like samples. CPU sizes keep `fdiv-ops bench` (quick) well inside two minutes on
+# two cores; GPU sizes are large enough that launch overhead does not dominate.
+_SHAPES = {
+    ("tiny", "cpu"): [(2, 2, 8, 8)],
+    ("quick", "cpu"): [(64, 4, 64, 64)],
+    ("full", "cpu"): [(16, 4, 64, 64), (64, 4, 64, 64), (16, 4, 128, 128), (64, 16, 128, 128)],
+    ("tiny", "cuda"): [(2, 2, 8, 8)],
+    ("quick", "cuda"): [(64, 4, 64, 64), (64, 16, 128, 128)],
+    ("full", "cuda"): [(64, 4, 64, 64), (64, 16, 128, 128), (32, 4, 512, 512), (128, 16, 128, 128)],
 }
 
 
-def make_inputs(batch, sample_shape, dtype, device):
+def _cases(preset: str, device: torch.device) -> list[Case]:
+    return [Case(shape, {"divergence": _DIVERGENCE}) for shape in _SHAPES[(preset, device.type)]]
+
+
+def _make_inputs(case: Case, dtype: torch.dtype, device: torch.device) -> Inputs:
     gen = torch.Generator(device="cpu").manual_seed(0)
-    shape = (batch, *sample_shape)
-    x = torch.randn(shape, generator=gen)
-    teacher = x + 0.3 * torch.randn(shape, generator=gen)
-    fake = x + 0.3 * torch.randn(shape, generator=gen)
-    logits = torch.randn(batch, 4, generator=gen)
+    x = torch.randn(case.shape, generator=gen)
+    teacher = x + 0.3 * torch.randn(case.shape, generator=gen)
+    fake = x + 0.3 * torch.randn(case.shape, generator=gen)
+    logits = torch.randn(case.shape[0], _HEADS, generator=gen)
     x, teacher, fake = (t.to(device=device, dtype=dtype) for t in (x, teacher, fake))
-    return x, teacher, fake, logits.to(device)
+    return Inputs(args=(x, teacher, fake, logits.to(device)), grad_args=(0,))
 
 
-def providers(divergence: str = "js"):
-    """name -> loss function with the f_distill_loss signature."""
-    def eager(x, t, f, lg):
-        return reference.f_distill_loss(x, t, f, lg, divergence=divergence)
+def _fused(case: Case):
+    divergence = case.params["divergence"]
 
-    compiled = torch.compile(eager, dynamic=False)
+    def fused(x, teacher, fake, logits):
+        return fdiv_ops.f_distill_loss(x, teacher, fake, logits, divergence=divergence)
 
-    def fused(x, t, f, lg):
-        return f_distill_loss(x, t, f, lg, divergence=divergence)
-
-    return {"fdiv_ops": fused, "eager": eager, "compile": compiled}
+    return fused
 
 
-def bytes_moved(x: torch.Tensor) -> int:
-    """Bytes a fused forward+backward must move: read x, teacher, fake; write the gradient."""
-    return 4 * x.numel() * x.element_size()
+def _reference(case: Case):
+    divergence = case.params["divergence"]
+
+    def eager(x, teacher, fake, logits):
+        return reference.f_distill_loss(x, teacher, fake, logits, divergence=divergence)
+
+    return eager
+
+
+def _liger(case: Case, device: torch.device):
+    return "Liger-Kernel has no distribution-matching (f-distill / DMD) loss"
+
+
+def _bytes_moved(case: Case, dtype: torch.dtype) -> int:
+    numel = 1
+    for size in case.shape:
+        numel *= size
+    element = torch.empty((), dtype=dtype).element_size()
+    return 4 * numel * element + case.shape[0] * _HEADS * 4
+
+
+BENCH = OpBench(
+    name="f_distill",
+    api="f_distill_loss",
+    cases=_cases,
+    make_inputs=_make_inputs,
+    fused=_fused,
+    reference=_reference,
+    liger=_liger,
+    bytes_moved=_bytes_moved,
+)
