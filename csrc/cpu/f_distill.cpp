@@ -73,6 +73,10 @@ template <typename A> struct SampleWeight {
   }
 };
 
+// Below this many elements the work (~tens of microseconds) is smaller than waking and joining a thread
+// team, which on a loaded machine can cost milliseconds: stay on the calling thread.
+constexpr int64_t kParallelMinElems = 1 << 16;
+
 template <typename T>
 void f_distill_impl(const FDistillArgs& a, int num_threads) {
   using A = acc_t<T>;
@@ -87,13 +91,14 @@ void f_distill_impl(const FDistillArgs& a, int num_threads) {
   A* norm_out = static_cast<A*>(a.normalizer_out);
   A* weight_out = static_cast<A*>(a.weight_out);
   const A* stats = static_cast<const A*>(a.h_stats);
+  const bool parallel = B * D >= kParallelMinElems;
   const SampleWeight<A> weight{static_cast<const A*>(a.h), stats ? stats[0] / stats[1] + A(1e-6) : A(1), A(a.eps),
                                A(a.scale), D};
 
   if (nchunks == 1 && B >= num_threads) {
     // Sample-major: each sample's second pass follows its first while teacher and fake are still in cache,
     // and one parallel region does it all. partial[2b + 1] keeps w_b^2 S_b for the deterministic loss sum.
-#pragma omp parallel for num_threads(num_threads) schedule(static)
+#pragma omp parallel for num_threads(num_threads) schedule(static) if (parallel)
     for (int64_t b = 0; b < B; ++b) {
       A abs_sum, sq_sum;
       chunk_sums(x + b * D, t + b * D, f + b * D, D, &abs_sum, &sq_sum);
@@ -103,7 +108,7 @@ void f_distill_impl(const FDistillArgs& a, int num_threads) {
     }
   } else {
     // Chunk-major: (sample, chunk) jobs so that a few large samples still use every core.
-#pragma omp parallel for num_threads(num_threads) schedule(static)
+#pragma omp parallel for num_threads(num_threads) schedule(static) if (parallel)
     for (int64_t job = 0; job < jobs; ++job) {
       const int64_t b = job / nchunks, begin = (job % nchunks) * chunk, off = b * D + begin;
       chunk_sums(x + off, t + off, f + off, std::min(chunk, D - begin), &partial[2 * job], &partial[2 * job + 1]);
@@ -118,7 +123,7 @@ void f_distill_impl(const FDistillArgs& a, int num_threads) {
       grad_scale[b] = weight.scale * w_b;
       partial[2 * (b * nchunks) + 1] = w_b * w_b * sq_sum;
     }
-#pragma omp parallel for num_threads(num_threads) schedule(static)
+#pragma omp parallel for num_threads(num_threads) schedule(static) if (parallel)
     for (int64_t job = 0; job < jobs; ++job) {
       const int64_t b = job / nchunks, begin = (job % nchunks) * chunk, off = b * D + begin;
       chunk_grad(t + off, f + off, std::min(chunk, D - begin), grad_scale[b], g + off);
