@@ -8,6 +8,7 @@
 namespace fdiv_ops::binding {
 void bind_divergence_eval(py::module_& m);
 void bind_f_distill(py::module_& m);
+void bind_f_divergence(py::module_& m);
 }  // namespace fdiv_ops::binding
 
 namespace py = pybind11;
@@ -64,4 +65,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_device_count", &cuda_device_count);
   fdiv_ops::binding::bind_divergence_eval(m);
   fdiv_ops::binding::bind_f_distill(m);
+  fdiv_ops::binding::bind_f_divergence(m);
 }

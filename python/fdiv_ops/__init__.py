@@ -13,8 +13,9 @@ from .divergences import (
     skew_forward_kl,
     skew_reverse_kl,
 )
-from .nn import FDistillLoss
+from .nn import FDistillLoss, FDivergenceLoss
 from .ops.f_distill import FDistillResult, f_distill, f_distill_loss
+from .ops.f_divergence import f_divergence_loss
 
 __version__ = "0.1.0"
 
@@ -23,11 +24,13 @@ __all__ = [
     "Divergence",
     "FDistillLoss",
     "FDistillResult",
+    "FDivergenceLoss",
     "alpha",
     "build_info",
     "cuda_available",
     "f_distill",
     "f_distill_loss",
+    "f_divergence_loss",
     "gkd_jsd",
     "resolve",
     "skew_forward_kl",

@@ -1,0 +1,126 @@
+// Branch-free float exp / expm1 / log / log1p for the CPU hot loops.
+//
+// libm's expf/logf are calls the vectoriser cannot inline, so a `#pragma omp simd` loop that uses them
+// runs one lane at a time. These are plain inline arithmetic on floats and int32 bit patterns (every
+// "branch" is a select), so GCC vectorises them at whatever width the target_clones pick (SSE2, AVX2,
+// AVX-512). Accuracy: ~1-2 ulp on the normal range (Cephes-style range reduction and minimax
+// polynomials; the coefficients are the published Cephes ones). Special values: exp(-inf) = 0,
+// exp(x < -87.3) flushes to 0 (no denormal results), exp(+inf or x > 88.7) = inf, log(0) = -inf,
+// log(x < 0) = NaN, log(inf) = inf, NaN propagates. Denormal inputs to log are rescaled first.
+//
+// The Math policy structs let the categorical divergence forms in divergences.h be written once and
+// evaluated either with these (CPU, VecMath) or with libm / CUDA intrinsics (StdMath).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "platform.h"
+
+namespace fdiv_ops {
+
+// Math through libm on the host and CUDA's math library on the device (double precision and CUDA).
+struct StdMath {
+  template <typename T> static FDIV_HD T exp(T x) { return fexp(x); }
+  template <typename T> static FDIV_HD T expm1(T x) { return fexpm1(x); }
+  template <typename T> static FDIV_HD T log(T x) { return flog(x); }
+  template <typename T> static FDIV_HD T log1p(T x) { return flog1p(x); }
+};
+
+#if !defined(__CUDACC__)
+namespace vec {
+
+inline float as_float(int32_t i) { return __builtin_bit_cast(float, i); }
+inline int32_t as_int(float f) { return __builtin_bit_cast(int32_t, f); }
+
+inline float exp(float x) {
+  constexpr float kLog2e = 1.44269504088896341f;
+  constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+  constexpr float kShift = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low bits
+  const float xc = x < -88.0f ? -88.0f : (x > 88.75f ? 88.75f : x);
+  const float t = xc * kLog2e + kShift;
+  const int32_t n = as_int(t) - as_int(kShift);
+  const float fn = t - kShift;
+  const float r = (xc - fn * kLn2Hi) - fn * kLn2Lo;  // |r| <= ln2 / 2
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e = (p * r) * r + r + 1.0f;
+  const float y = e * as_float((n + 126) << 23) * 2.0f;  // 2^(n-1) * 2: n = 128 stays representable
+  float out = x < -87.33654f ? 0.0f : y;
+  out = x > 88.72283f ? __builtin_inff() : out;
+  return x != x ? x : out;
+}
+
+// exp(x) - 1 without cancellation for small |x| (Taylor to degree 8 on |x| < 0.35: error < 1e-9 x).
+inline float expm1(float x) {
+  float p = 1.0f / 40320.0f;
+  p = p * x + 1.0f / 5040.0f;
+  p = p * x + 1.0f / 720.0f;
+  p = p * x + 1.0f / 120.0f;
+  p = p * x + 1.0f / 24.0f;
+  p = p * x + 1.0f / 6.0f;
+  p = p * x + 0.5f;
+  const float small = (p * x) * x + x;
+  const float ax = x < 0.0f ? -x : x;
+  return ax < 0.3466f ? small : exp(x) - 1.0f;
+}
+
+inline float log(float x) {
+  constexpr float kSqrtHalf = 0.707106781186547524f;
+  const bool denormal = x < 1.17549435e-38f;  // also 0 and negatives, fixed up below
+  const float xs = denormal ? x * 8388608.0f : x;  // 2^23
+  const int32_t bits = as_int(xs);
+  float e = float((bits >> 23) & 0xff) - 126.0f - (denormal ? 23.0f : 0.0f);
+  float m = as_float((bits & 0x007fffff) | 0x3f000000);  // mantissa in [0.5, 1)
+  const bool low = m < kSqrtHalf;
+  e = low ? e - 1.0f : e;
+  m = low ? m + m - 1.0f : m - 1.0f;
+  const float z = m * m;
+  float p = 7.0376836292e-2f;
+  p = p * m - 1.1514610310e-1f;
+  p = p * m + 1.1676998740e-1f;
+  p = p * m - 1.2420140846e-1f;
+  p = p * m + 1.4249322787e-1f;
+  p = p * m - 1.6668057665e-1f;
+  p = p * m + 2.0000714765e-1f;
+  p = p * m - 2.4999993993e-1f;
+  p = p * m + 3.3333331174e-1f;
+  float y = m * z * p;
+  y += -2.12194440e-4f * e;
+  y += -0.5f * z;
+  float out = m + y + 0.693359375f * e;
+  out = x == 0.0f ? -__builtin_inff() : out;
+  out = x < 0.0f ? __builtin_nanf("") : out;
+  out = x == __builtin_inff() ? x : out;
+  return x != x ? x : out;
+}
+
+// log(1 + x): log(u) corrected by the rounding of u = 1 + x (exact enough for x >= -1).
+inline float log1p(float x) {
+  const float u = 1.0f + x;
+  const float d = u - 1.0f;
+  const float corrected = log(u) - (d - x) / u;
+  float out = d == 0.0f ? x : (u == __builtin_inff() ? log(x) : corrected);
+  return u == 0.0f ? -__builtin_inff() : out;
+}
+
+}  // namespace vec
+
+// Vectorisable float math on the CPU; double stays on libm (float64 is for tests, not speed).
+struct VecMath {
+  static inline float exp(float x) { return vec::exp(x); }
+  static inline float expm1(float x) { return vec::expm1(x); }
+  static inline float log(float x) { return vec::log(x); }
+  static inline float log1p(float x) { return vec::log1p(x); }
+  static inline double exp(double x) { return fexp(x); }
+  static inline double expm1(double x) { return fexpm1(x); }
+  static inline double log(double x) { return flog(x); }
+  static inline double log1p(double x) { return flog1p(x); }
+};
+#endif
+
+}  // namespace fdiv_ops
