@@ -40,13 +40,19 @@ template <typename A> constexpr A kMax = std::numeric_limits<A>::max();
 
 // q psi clamped to the finite range: pearson/neyman/alpha can overflow to +-inf, and inf - inf in the
 // gradient would be NaN; clamped, the gradient saturates instead (the loss itself stays inf).
-template <typename A> FDIV_INLINE A finite(A x) { return x > kMax<A> ? kMax<A> : (x < -kMax<A> ? -kMax<A> : x); }
+template <typename A> FDIV_INLINE A finite(A x) {
+  const A lo = x < -kMax<A> ? -kMax<A> : x;
+  return lo > kMax<A> ? kMax<A> : lo;
+}
 
 // log-sum-exp of x * inv_t over n entries: a max pass (cheap) and a sum pass (one exp per entry).
 template <typename T, typename A> FDIV_INLINE A row_lse(const T* x, int64_t n, A inv_t) {
   A mx = kNegInf<A>;
 #pragma omp simd reduction(max : mx)
-  for (int64_t j = 0; j < n; ++j) mx = std::max(mx, static_cast<A>(to_float(x[j])));
+  for (int64_t j = 0; j < n; ++j) {
+    const A v = static_cast<A>(to_float(x[j]));
+    mx = v > mx ? v : mx;
+  }
   if (mx == kNegInf<A>) return mx;  // a row of -inf
   const A ms = mx * inv_t;
   A sum = 0;
@@ -80,7 +86,7 @@ FDIV_INLINE void dense_row(const FDivergenceArgs& a, int64_t r, DivergenceSpec s
   for (int64_t j = 0; j < Vc; ++j) {
     const A lq = static_cast<A>(to_float(z[j])) * inv_t - lse_z;
     const A lp = static_cast<A>(to_float(t[j])) * t_scale - lse_t;
-    const bool drop = lq == kNegInf<A> || lp == kNegInf<A>;
+    const bool drop = (lq == kNegInf<A>) | (lp == kNegInf<A>);
     const A qf = Div::template qf<M>(lq, lp, param);
     const A qpsi = finite(Div::template qpsi<M>(lq, lp, param));
     loss += drop ? A(0) : qf;
@@ -93,9 +99,9 @@ FDIV_INLINE void dense_row(const FDivergenceArgs& a, int64_t r, DivergenceSpec s
   for (int64_t j = 0; j < Vc; ++j) {
     const A lq = static_cast<A>(to_float(z[j])) * inv_t - lse_z;
     const A lp = static_cast<A>(to_float(t[j])) * t_scale - lse_t;
-    const bool drop = lq == kNegInf<A> || lp == kNegInf<A>;
-    const A qpsi = drop ? A(0) : finite(Div::template qpsi<M>(lq, lp, param));
-    g[j] = cpu::from_float<T>(coef * (qpsi - M::exp(lq) * s));
+    const bool drop = (lq == kNegInf<A>) | (lp == kNegInf<A>);
+    const A qpsi = finite(Div::template qpsi<M>(lq, lp, param));  // computed unconditionally: no branch
+    g[j] = cpu::from_float<T>(coef * ((drop ? A(0) : qpsi) - M::exp(lq) * s));
   }
   // Student entries past the teacher's vocabulary: the teacher is -inf there, the entry is dropped.
 #pragma omp simd
@@ -149,7 +155,7 @@ FDIV_INLINE void topk_row(const FDivergenceTopkArgs& a, int64_t r, DivergenceSpe
   }
   for (int64_t i = 0; i < k; ++i) {
     const A lq = static_cast<A>(to_float(z[idx[i]])) * inv_t - lse_z, lp = tl[i];
-    const bool drop = lq == kNegInf<A> || lp == kNegInf<A>;
+    const bool drop = (lq == kNegInf<A>) | (lp == kNegInf<A>);
     qpsi_buf[i] = drop ? A(0) : finite(Div::template qpsi<StdMath>(lq, lp, param));
     loss += drop ? A(0) : Div::template qf<StdMath>(lq, lp, param);
     s += qpsi_buf[i];

@@ -114,17 +114,15 @@ struct GkdJsd {
   }
   // lm = log(b p + (1-b) q): q f = b p (lp - lm) + (1-b) q (lq - lm), q psi = (1-b) q (lq - lm)
   template <typename M, typename T> static FDIV_HD T cat_log_m(T lq, T lp, T b) {
-    return cat_lae<M>(M::log(b) + lp, M::log1p(-b) + lq);
+    return cat_lae<M>(flog(b) + lp, flog1p(-b) + lq);  // libm on the constant: hoisted out of loops
   }
+  // Categorical forms for 0 < b < 1 only (branch-free, so hot loops vectorise): the endpoints are
+  // mapped to forward_kl / reverse_kl by canonical_spec before any loop (div_qf does it too).
   template <typename M, typename T> static FDIV_HD T qf(T lq, T lp, T b) {
-    if (b == T(0)) return ForwardKL::qf<M>(lq, lp, b);
-    if (b == T(1)) return ReverseKL::qf<M>(lq, lp, b);
     const T lm = cat_log_m<M>(lq, lp, b);
     return b * M::exp(lp) * (lp - lm) + (T(1) - b) * M::exp(lq) * (lq - lm);
   }
   template <typename M, typename T> static FDIV_HD T qpsi(T lq, T lp, T b) {
-    if (b == T(0)) return ForwardKL::qpsi<M>(lq, lp, b);
-    if (b == T(1)) return ReverseKL::qpsi<M>(lq, lp, b);
     return (T(1) - b) * M::exp(lq) * (lq - cat_log_m<M>(lq, lp, b));
   }
 };
@@ -264,7 +262,7 @@ struct SkewForwardKL {
   }
   // lm = log(lam p + (1-lam) q): q f = p (lp - lm), q psi = -(1-lam) p q / m
   template <typename M, typename T> static FDIV_HD T cat_log_m(T lq, T lp, T lam) {
-    return cat_lae<M>(M::log(lam) + lp, M::log1p(-lam) + lq);
+    return cat_lae<M>(flog(lam) + lp, flog1p(-lam) + lq);
   }
   template <typename M, typename T> static FDIV_HD T qf(T lq, T lp, T lam) {
     return M::exp(lp) * (lp - cat_log_m<M>(lq, lp, lam));
@@ -294,7 +292,7 @@ struct SkewReverseKL {
   }
   // ln = log((1-lam) p + lam q): q f = q (lq - ln), q psi = q (lq - ln) + (1-lam) p q / n
   template <typename M, typename T> static FDIV_HD T cat_log_n(T lq, T lp, T lam) {
-    return cat_lae<M>(M::log1p(-lam) + lp, M::log(lam) + lq);
+    return cat_lae<M>(flog1p(-lam) + lp, flog(lam) + lq);
   }
   template <typename M, typename T> static FDIV_HD T qf(T lq, T lp, T lam) {
     return M::exp(lq) * (lq - cat_log_n<M>(lq, lp, lam));
@@ -329,15 +327,6 @@ template <typename T> FDIV_HD T div_f(Divergence k, T l, T a) { FDIV_DIVERGENCE_
 template <typename T> FDIV_HD T div_psi(Divergence k, T l, T a) { FDIV_DIVERGENCE_SWITCH(k, psi, l, a) }
 template <typename T> FDIV_HD T div_h(Divergence k, T l, T a) { FDIV_DIVERGENCE_SWITCH(k, h, l, a) }
 
-// The categorical forms, dispatched at run time like div_f (one branch per call; hot loops should
-// switch once outside the loop and call Div::qf<M> directly, see cpu/f_divergence.cpp).
-template <typename M, typename T> FDIV_HD T div_qf(Divergence k, T lq, T lp, T a) {
-  FDIV_DIVERGENCE_SWITCH(k, template qf<M>, lq, lp, a)
-}
-template <typename M, typename T> FDIV_HD T div_qpsi(Divergence k, T lq, T lp, T a) {
-  FDIV_DIVERGENCE_SWITCH(k, template qpsi<M>, lq, lp, a)
-}
-
 // What a kernel needs to know about the divergence: which one and its parameter.
 struct DivergenceSpec {
   Divergence kind;
@@ -350,5 +339,19 @@ FDIV_HD DivergenceSpec canonical_spec(DivergenceSpec s) {
   if (s.kind == Divergence::gkd_jsd && s.param == 1.0) return {Divergence::reverse_kl, 0.0};
   return s;
 }
+
+// The categorical forms, dispatched at run time like div_f (hot loops should instead canonicalise once,
+// switch once outside the loop and call Div::qf<M> directly, see cpu/f_divergence.cpp).
+template <typename M, typename T> FDIV_HD T div_qf(DivergenceSpec s, T lq, T lp) {
+  s = canonical_spec(s);
+  const T a = T(s.param);
+  FDIV_DIVERGENCE_SWITCH(s.kind, template qf<M>, lq, lp, a)
+}
+template <typename M, typename T> FDIV_HD T div_qpsi(DivergenceSpec s, T lq, T lp) {
+  s = canonical_spec(s);
+  const T a = T(s.param);
+  FDIV_DIVERGENCE_SWITCH(s.kind, template qpsi<M>, lq, lp, a)
+}
+
 
 }  // namespace fdiv_ops

@@ -30,10 +30,12 @@ struct StdMath {
 #if !defined(__CUDACC__)
 namespace vec {
 
-inline float as_float(int32_t i) { return __builtin_bit_cast(float, i); }
-inline int32_t as_int(float f) { return __builtin_bit_cast(int32_t, f); }
+#define FDIV_VEC_INLINE inline __attribute__((always_inline))
 
-inline float exp(float x) {
+FDIV_VEC_INLINE float as_float(int32_t i) { return __builtin_bit_cast(float, i); }
+FDIV_VEC_INLINE int32_t as_int(float f) { return __builtin_bit_cast(int32_t, f); }
+
+FDIV_VEC_INLINE float exp(float x) {
   constexpr float kLog2e = 1.44269504088896341f;
   constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
   constexpr float kShift = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low bits
@@ -56,7 +58,7 @@ inline float exp(float x) {
 }
 
 // exp(x) - 1 without cancellation for small |x| (Taylor to degree 8 on |x| < 0.35: error < 1e-9 x).
-inline float expm1(float x) {
+FDIV_VEC_INLINE float expm1(float x) {
   float p = 1.0f / 40320.0f;
   p = p * x + 1.0f / 5040.0f;
   p = p * x + 1.0f / 720.0f;
@@ -69,7 +71,7 @@ inline float expm1(float x) {
   return ax < 0.3466f ? small : exp(x) - 1.0f;
 }
 
-inline float log(float x) {
+FDIV_VEC_INLINE float log(float x) {
   constexpr float kSqrtHalf = 0.707106781186547524f;
   const bool denormal = x < 1.17549435e-38f;  // also 0 and negatives, fixed up below
   const float xs = denormal ? x * 8388608.0f : x;  // 2^23
@@ -100,7 +102,7 @@ inline float log(float x) {
 }
 
 // log(1 + x): log(u) corrected by the rounding of u = 1 + x (exact enough for x >= -1).
-inline float log1p(float x) {
+FDIV_VEC_INLINE float log1p(float x) {
   const float u = 1.0f + x;
   const float d = u - 1.0f;
   const float corrected = log(u) - (d - x) / u;
@@ -112,14 +114,14 @@ inline float log1p(float x) {
 
 // Vectorisable float math on the CPU; double stays on libm (float64 is for tests, not speed).
 struct VecMath {
-  static inline float exp(float x) { return vec::exp(x); }
-  static inline float expm1(float x) { return vec::expm1(x); }
-  static inline float log(float x) { return vec::log(x); }
-  static inline float log1p(float x) { return vec::log1p(x); }
-  static inline double exp(double x) { return fexp(x); }
-  static inline double expm1(double x) { return fexpm1(x); }
-  static inline double log(double x) { return flog(x); }
-  static inline double log1p(double x) { return flog1p(x); }
+  static FDIV_VEC_INLINE float exp(float x) { return vec::exp(x); }
+  static FDIV_VEC_INLINE float expm1(float x) { return vec::expm1(x); }
+  static FDIV_VEC_INLINE float log(float x) { return vec::log(x); }
+  static FDIV_VEC_INLINE float log1p(float x) { return vec::log1p(x); }
+  static FDIV_VEC_INLINE double exp(double x) { return fexp(x); }
+  static FDIV_VEC_INLINE double expm1(double x) { return fexpm1(x); }
+  static FDIV_VEC_INLINE double log(double x) { return flog(x); }
+  static FDIV_VEC_INLINE double log1p(double x) { return flog1p(x); }
 };
 #endif
 
