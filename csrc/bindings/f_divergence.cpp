@@ -4,6 +4,12 @@
 namespace fdiv_ops::binding {
 
 void bind_f_divergence(py::module_& m) {
+  m.def("categorical_eval", [](std::uintptr_t log_q, std::uintptr_t log_p, int dtype, int64_t n, int kind,
+                               double param, std::uintptr_t qf_out, std::uintptr_t qpsi_out) {
+    CategoricalEvalArgs a{ptr<const void>(log_q), ptr<const void>(log_p), dtype_from_int(dtype), n,
+                          spec(kind, param), ptr<void>(qf_out), ptr<void>(qpsi_out)};
+    categorical_eval_cpu(a);
+  });
   m.def("f_divergence",
         [](std::uintptr_t student, std::uintptr_t teacher, int dtype, int64_t rows, int64_t student_vocab,
            int64_t teacher_vocab, bool teacher_is_logprobs, double inv_temperature, int kind, double param,

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <stdexcept>
 #include <vector>
 
 #include <omp.h>
@@ -45,20 +46,28 @@ template <typename A> FDIV_INLINE A finite(A x) {
   return lo > kMax<A> ? kMax<A> : lo;
 }
 
-// log-sum-exp of x * inv_t over n entries: a max pass (cheap) and a sum pass (one exp per entry).
-template <typename T, typename A> FDIV_INLINE A row_lse(const T* x, int64_t n, A inv_t) {
+// The log-sum-exp of x * inv_t over n entries, kept as (shift, log_sum) with LSE = shift + log_sum:
+// log-probabilities are formed as (x * inv_t - shift) - log_sum, which is exact in the first step
+// (Sterbenz), whereas x - LSE loses the low bits of log_sum when |x| ~ 1e4. A max pass (no exp), then
+// a sum pass (one exp per entry). A row of -inf gives shift = -inf.
+template <typename A> struct RowLse {
+  A shift, log_sum;
+  FDIV_INLINE A log_prob(A scaled) const { return (scaled - shift) - log_sum; }
+};
+
+template <typename T, typename A> FDIV_INLINE RowLse<A> row_lse(const T* x, int64_t n, A inv_t) {
   A mx = kNegInf<A>;
 #pragma omp simd reduction(max : mx)
   for (int64_t j = 0; j < n; ++j) {
     const A v = static_cast<A>(to_float(x[j]));
     mx = v > mx ? v : mx;
   }
-  if (mx == kNegInf<A>) return mx;  // a row of -inf
+  if (mx == kNegInf<A>) return {mx, A(0)};
   const A ms = mx * inv_t;
   A sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t j = 0; j < n; ++j) sum += M::exp(static_cast<A>(to_float(x[j])) * inv_t - ms);
-  return ms + M::log(sum);
+  return {ms, M::log(sum)};
 }
 
 template <typename T, typename Div>
@@ -71,10 +80,11 @@ FDIV_INLINE void dense_row(const FDivergenceArgs& a, int64_t r, DivergenceSpec s
   A* loss_out = static_cast<A*>(a.row_loss) + r;
   const A scale = static_cast<const A*>(a.row_scale)[r];
   const A inv_t = A(a.inv_temperature), param = A(spec.param);
-  const A lse_z = scale == A(0) ? kNegInf<A> : row_lse(z, Vs, inv_t);
+  const RowLse<A> dead{kNegInf<A>, A(0)};
+  const RowLse<A> lse_z = scale == A(0) ? dead : row_lse(z, Vs, inv_t);
   const A t_scale = a.teacher_is_logprobs ? A(1) : inv_t;
-  const A lse_t = a.teacher_is_logprobs ? A(0) : (scale == A(0) ? kNegInf<A> : row_lse(t, Vt, inv_t));
-  if (lse_z == kNegInf<A> || lse_t == kNegInf<A>) {  // ignored row, or nothing kept: 0 and 0
+  const RowLse<A> lse_t = a.teacher_is_logprobs ? RowLse<A>{A(0), A(0)} : (scale == A(0) ? dead : row_lse(t, Vt, inv_t));
+  if (lse_z.shift == kNegInf<A> || lse_t.shift == kNegInf<A>) {  // ignored row, or nothing kept: 0 and 0
     *loss_out = A(0);
 #pragma omp simd
     for (int64_t j = 0; j < Vs; ++j) g[j] = cpu::from_float<T>(A(0));
@@ -84,8 +94,8 @@ FDIV_INLINE void dense_row(const FDivergenceArgs& a, int64_t r, DivergenceSpec s
   A loss = 0, s = 0;
 #pragma omp simd reduction(+ : loss, s)
   for (int64_t j = 0; j < Vc; ++j) {
-    const A lq = static_cast<A>(to_float(z[j])) * inv_t - lse_z;
-    const A lp = static_cast<A>(to_float(t[j])) * t_scale - lse_t;
+    const A lq = lse_z.log_prob(static_cast<A>(to_float(z[j])) * inv_t);
+    const A lp = lse_t.log_prob(static_cast<A>(to_float(t[j])) * t_scale);
     const bool drop = (lq == kNegInf<A>) | (lp == kNegInf<A>);
     const A qf = Div::template qf<M>(lq, lp, param);
     const A qpsi = finite(Div::template qpsi<M>(lq, lp, param));
@@ -97,8 +107,8 @@ FDIV_INLINE void dense_row(const FDivergenceArgs& a, int64_t r, DivergenceSpec s
   const A coef = scale * inv_t;
 #pragma omp simd
   for (int64_t j = 0; j < Vc; ++j) {
-    const A lq = static_cast<A>(to_float(z[j])) * inv_t - lse_z;
-    const A lp = static_cast<A>(to_float(t[j])) * t_scale - lse_t;
+    const A lq = lse_z.log_prob(static_cast<A>(to_float(z[j])) * inv_t);
+    const A lp = lse_t.log_prob(static_cast<A>(to_float(t[j])) * t_scale);
     const bool drop = (lq == kNegInf<A>) | (lp == kNegInf<A>);
     const A qpsi = finite(Div::template qpsi<M>(lq, lp, param));  // computed unconditionally: no branch
     g[j] = cpu::from_float<T>(coef * ((drop ? A(0) : qpsi) - M::exp(lq) * s));
@@ -106,7 +116,7 @@ FDIV_INLINE void dense_row(const FDivergenceArgs& a, int64_t r, DivergenceSpec s
   // Student entries past the teacher's vocabulary: the teacher is -inf there, the entry is dropped.
 #pragma omp simd
   for (int64_t j = Vc; j < Vs; ++j) {
-    const A lq = static_cast<A>(to_float(z[j])) * inv_t - lse_z;
+    const A lq = lse_z.log_prob(static_cast<A>(to_float(z[j])) * inv_t);
     g[j] = cpu::from_float<T>(-coef * M::exp(lq) * s);
   }
   *loss_out = scale * loss;
@@ -123,8 +133,8 @@ FDIV_INLINE void topk_row(const FDivergenceTopkArgs& a, int64_t r, DivergenceSpe
   A* loss_out = static_cast<A*>(a.row_loss) + r;
   const A scale = static_cast<const A*>(a.row_scale)[r];
   const A inv_t = A(a.inv_temperature), param = A(spec.param);
-  const A lse_z = scale == A(0) ? kNegInf<A> : row_lse(z, V, inv_t);
-  if (lse_z == kNegInf<A>) {
+  const RowLse<A> lse_z = scale == A(0) ? RowLse<A>{kNegInf<A>, A(0)} : row_lse(z, V, inv_t);
+  if (lse_z.shift == kNegInf<A>) {
     *loss_out = A(0);
 #pragma omp simd
     for (int64_t j = 0; j < V; ++j) g[j] = cpu::from_float<T>(A(0));
@@ -135,7 +145,7 @@ FDIV_INLINE void topk_row(const FDivergenceTopkArgs& a, int64_t r, DivergenceSpe
   for (int64_t i = 0; i < k; ++i) {
     bad |= idx[i] < 0 || idx[i] >= V;
     if (bad) break;
-    q_top += std::exp(static_cast<A>(to_float(z[idx[i]])) * inv_t - lse_z);
+    q_top += std::exp(lse_z.log_prob(static_cast<A>(to_float(z[idx[i]])) * inv_t));
     p_top += std::exp(tl[i]);
   }
   if (bad) {  // an out-of-range index: loud NaN rather than a read out of bounds
@@ -154,7 +164,7 @@ FDIV_INLINE void topk_row(const FDivergenceTopkArgs& a, int64_t r, DivergenceSpe
     s = finite(Div::template qpsi<StdMath>(lq_rest, lp_rest, param));
   }
   for (int64_t i = 0; i < k; ++i) {
-    const A lq = static_cast<A>(to_float(z[idx[i]])) * inv_t - lse_z, lp = tl[i];
+    const A lq = lse_z.log_prob(static_cast<A>(to_float(z[idx[i]])) * inv_t), lp = tl[i];
     const bool drop = (lq == kNegInf<A>) | (lp == kNegInf<A>);
     qpsi_buf[i] = drop ? A(0) : finite(Div::template qpsi<StdMath>(lq, lp, param));
     loss += drop ? A(0) : Div::template qf<StdMath>(lq, lp, param);
@@ -166,11 +176,11 @@ FDIV_INLINE void topk_row(const FDivergenceTopkArgs& a, int64_t r, DivergenceSpe
   const A coef = scale * inv_t, rest_coef = finite(psi_rest - s);
 #pragma omp simd
   for (int64_t j = 0; j < V; ++j) {
-    const A lq = static_cast<A>(to_float(z[j])) * inv_t - lse_z;
+    const A lq = lse_z.log_prob(static_cast<A>(to_float(z[j])) * inv_t);
     g[j] = cpu::from_float<T>(coef * M::exp(lq) * rest_coef);
   }
   for (int64_t i = 0; i < k; ++i) {
-    const A q = std::exp(static_cast<A>(to_float(z[idx[i]])) * inv_t - lse_z);
+    const A q = std::exp(lse_z.log_prob(static_cast<A>(to_float(z[idx[i]])) * inv_t));
     g[idx[i]] = cpu::from_float<T>(coef * (qpsi_buf[i] - q * s));
   }
   *loss_out = scale * loss;
@@ -241,6 +251,24 @@ void f_divergence_cpu(const FDivergenceArgs& args, int num_threads) {
       dense_rows(args, b, e, spec, static_cast<scalar_t*>(nullptr));
     });
   });
+}
+
+template <typename T> void categorical_eval(const CategoricalEvalArgs& a) {
+  const T* lq = static_cast<const T*>(a.log_q);
+  const T* lp = static_cast<const T*>(a.log_p);
+  for (int64_t i = 0; i < a.n; ++i) {
+    static_cast<T*>(a.qf_out)[i] = div_qf<M>(a.divergence, lq[i], lp[i]);
+    static_cast<T*>(a.qpsi_out)[i] = div_qpsi<M>(a.divergence, lq[i], lp[i]);
+  }
+}
+
+void categorical_eval_cpu(const CategoricalEvalArgs& args) {
+  if (args.dtype == DType::float64)
+    categorical_eval<double>(args);
+  else if (args.dtype == DType::float32)
+    categorical_eval<float>(args);
+  else
+    throw std::invalid_argument("categorical_eval: log-probabilities must be float32 or float64");
 }
 
 void f_divergence_topk_cpu(const FDivergenceTopkArgs& args, int num_threads) {

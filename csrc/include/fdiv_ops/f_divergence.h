@@ -45,7 +45,20 @@ struct FDivergenceTopkArgs {
   void* grad;                  // (rows, V) dtype; an out-of-range index makes its row NaN
 };
 
+// The categorical forms of divergences.h evaluated element-wise (float32 with the CPU's vectorised math,
+// or float64), for the tests that hold them against the Python reference.
+struct CategoricalEvalArgs {
+  const void* log_q;
+  const void* log_p;
+  DType dtype;                 // float32 or float64
+  int64_t n;
+  DivergenceSpec divergence;
+  void* qf_out;
+  void* qpsi_out;
+};
+
 void f_divergence_cpu(const FDivergenceArgs& args, int num_threads);
+void categorical_eval_cpu(const CategoricalEvalArgs& args);
 void f_divergence_topk_cpu(const FDivergenceTopkArgs& args, int num_threads);
 
 #ifdef FDIV_OPS_WITH_CUDA

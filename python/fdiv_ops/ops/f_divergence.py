@@ -100,25 +100,28 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1])
     ctx.set_materialize_grads(False)
     ctx.backward_done = False
+    ctx.scale_in_place = output[1].dtype != torch.float64
 
 
 def _make_backward(n_inputs: int):
     def backward(ctx, grad_row_loss, _grad_grad):
         # The gradient was written in forward; scale it by grad_output (one value per row) on the device.
         # Eager: in place (no second rows x V buffer), hence one backward per forward. Traced (torch.compile,
-        # AOT autograd), the graph rejects mutating a saved output, so scale out of place there.
-        if ctx.backward_done:
-            raise RuntimeError("fdiv_ops.f_divergence_loss: backward ran twice through the same graph "
-                               "(retain_graph=True); the gradient is scaled in place, recompute the loss instead")
-        ctx.backward_done = True
+        # AOT autograd), the graph rejects mutating a saved output, so scale out of place there. float64,
+        # the checking dtype, also scales out of place so that gradcheck's repeated backward works.
         nones = (None,) * (n_inputs - 1)
         if grad_row_loss is None:
             return (None,) + nones
+        if ctx.backward_done and ctx.scale_in_place:
+            raise RuntimeError(
+                "fdiv_ops.f_divergence_loss: backward ran twice through the same graph (retain_graph=True); "
+                "the gradient is scaled in place, recompute the loss instead")
+        ctx.backward_done = True
         (grad,) = ctx.saved_tensors
         factor = grad_row_loss.unsqueeze(-1)
-        eager = type(grad) is torch.Tensor and not torch.compiler.is_compiling()
-        scaled = grad.mul_(factor) if eager else (grad * factor).to(grad.dtype)
-        return (scaled,) + nones
+        if ctx.scale_in_place and type(grad) is torch.Tensor and not torch.compiler.is_compiling():
+            return (grad.mul_(factor),) + nones
+        return ((grad * factor).to(grad.dtype),) + nones
 
     return backward
 
