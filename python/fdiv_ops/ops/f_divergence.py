@@ -236,7 +236,8 @@ def f_divergence_loss(
     included (TRL applies no T^2 factor, neither does this). Only the student gets a gradient.
 
     Args:
-        student_logits: (..., V) float32/float64/bfloat16/float16, any strides. The loss is accumulated
+        student_logits: (..., V) float32/float64/bfloat16/float16, any strides (a non-contiguous tensor
+            is copied to a contiguous one first; contiguous ones never are). The loss is accumulated
             in float32 (float64 for float64 input) and returned in that dtype; the gradient has the
             student's dtype.
         teacher_logits: (..., V') with the same leading shape, on the same device. A dtype other than the
