@@ -13,10 +13,9 @@ from __future__ import annotations
 import functools
 import os
 
+import fdiv_ops
 import pytest
 import torch
-
-import fdiv_ops
 from fdiv_ops import reference
 
 FULL = os.environ.get("FDIV_BENCH_FULL") == "1"

@@ -219,7 +219,7 @@ def f_divergence_loss(
     labels: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "batchmean",
-    num_items_in_batch: int | float | torch.Tensor | None = None,
+    num_items_in_batch: float | torch.Tensor | None = None,
     teacher_is_logprobs: bool = False,
     teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None,
     max_vocab_pad: int | None = DEFAULT_MAX_VOCAB_PAD,
@@ -257,8 +257,11 @@ def f_divergence_loss(
             then the divergence between two (k+1)-category distributions: the k tokens plus one bucket
             holding the rest of each side's mass, 1 - sum_k p and 1 - sum_k q. The student's
             probabilities come from its full softmax (with temperature), so its gradient reaches all V
-            logits: token j outside the top-k gets q_j (psi_bucket - S) / T. Out-of-range indices raise
-            ValueError on CPU tensors; on CUDA (no host sync to check) they make that row's loss NaN.
+            logits: token j outside the top-k gets q_j (psi_bucket - S) / T. The bucket masses are
+            1 - sum_k (accumulated in float32 for 16/32-bit logits), so a bucket smaller than ~1e-6 is
+            resolved only to that rounding. Duplicate indices are not detected (they would count twice).
+            Out-of-range indices raise ValueError on CPU tensors; on CUDA (no host sync to check) they
+            make that row's loss and gradient NaN.
 
     Entries that are -inf on either side (masked vocabulary, padding) contribute 0 to the loss and to
     sum q psi; the gradient is that of the remaining sum (so a student entry with a -inf teacher still
