@@ -18,6 +18,10 @@ teacher, fake, logits = torch.randn(4, 3, 8), torch.randn(4, 3, 8), torch.randn(
 loss = fdiv_ops.f_distill_loss(x, teacher, fake, logits, divergence="js")
 loss.backward()
 assert torch.isfinite(loss) and x.grad is not None and torch.isfinite(x.grad).all()
+student = torch.randn(2, 5, 301, requires_grad=True)
+kd = fdiv_ops.f_divergence_loss(student, torch.randn(2, 5, 300), divergence=fdiv_ops.gkd_jsd(0.5))
+kd.backward()
+assert torch.isfinite(kd) and torch.isfinite(student.grad).all()
 print("wheel smoke test passed")
 PY
 # The benchmark CLI from the installed console script, without the optional rich/matplotlib (plain text).

@@ -9,6 +9,7 @@ namespace fdiv_ops::binding {
 void bind_divergence_eval(py::module_& m);
 void bind_f_distill(py::module_& m);
 void bind_sequence_logprobs(py::module_& m);
+void bind_f_divergence(py::module_& m);
 }  // namespace fdiv_ops::binding
 
 namespace py = pybind11;
@@ -66,4 +67,5 @@ PYBIND11_MODULE(_C, m) {
   fdiv_ops::binding::bind_divergence_eval(m);
   fdiv_ops::binding::bind_f_distill(m);
   fdiv_ops::binding::bind_sequence_logprobs(m);
+  fdiv_ops::binding::bind_f_divergence(m);
 }

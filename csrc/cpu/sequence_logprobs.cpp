@@ -3,7 +3,7 @@
 // Forward, per row: the row is consumed in blocks of kBlock elements; each block is converted to s = z/T
 // into a stack buffer (L1-resident), its max found, the running (m, S, W) rescaled if the max grew, then
 // e^(s - m) summed from the buffer. So the row is read from memory once, and the exp loop is a
-// `#pragma omp simd` loop over vexp (vec_math.h), vectorised with AVX2/AVX-512 clones picked at run time.
+// `#pragma omp simd` loop over VecMath::exp (vec_math.h), vectorised with AVX2/AVX-512 clones picked at run time.
 // Backward, per row: one pass re-reading the row and writing the gradient.
 // Bytes moved: forward rows*V*sizeof(T) read; backward rows*V*sizeof(T) read + the same written.
 // Parallel over rows (OpenMP, num_threads from torch.get_num_threads()).
@@ -23,7 +23,6 @@ namespace fdiv_ops {
 namespace {
 
 using cpu::to_float;
-using vec::vexp;
 
 #if defined(__x86_64__) && !defined(__clang__)
 #define FDIV_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -68,13 +67,13 @@ __attribute__((always_inline)) inline RowSums<A> row_sums_impl(const T* z, int64
 #pragma omp simd reduction(+ : s_acc, w_acc)
       for (int64_t i = 0; i < n; ++i) {
         const A d = buf[i] - m;
-        const A e = vexp(d);
+        const A e = VecMath::exp(d);
         s_acc += e;
         w_acc += e == A(0) ? A(0) : e * d;  // e^d d -> 0 as d -> -inf, never 0 * inf
       }
     } else {
 #pragma omp simd reduction(+ : s_acc)
-      for (int64_t i = 0; i < n; ++i) s_acc += vexp(buf[i] - m);
+      for (int64_t i = 0; i < n; ++i) s_acc += VecMath::exp(buf[i] - m);
     }
     S += s_acc;
     W += w_acc;
@@ -90,7 +89,7 @@ __attribute__((always_inline)) inline void row_grad_impl(const T* z, int64_t V, 
 #pragma omp simd
   for (int64_t v = 0; v < V; ++v) {
     const A log_p = (static_cast<A>(to_float(z[v])) * inv_t - m) - log_s;
-    const A p = vexp(log_p);
+    const A p = VecMath::exp(log_p);
     A grad = a * p;
     if constexpr (kEntropy) grad += p == A(0) ? A(0) : b * p * (log_p + entropy);
     out[v] = cpu::from_float<T>(grad);

@@ -13,10 +13,11 @@ from .divergences import (
     skew_forward_kl,
     skew_reverse_kl,
 )
-from .nn import FDPG, FDistillLoss
+from .nn import FDPG, FDistillLoss, FDivergenceLoss
 from .ops.alignment import f_dpg_loss, f_dpo_loss, group_normalized_advantages
 from .ops.divergence_psi import divergence_terms
 from .ops.f_distill import FDistillResult, f_distill, f_distill_loss
+from .ops.f_divergence import f_divergence_loss
 from .ops.sequence_logprobs import fused_linear_sequence_logprobs, sequence_logprobs
 
 __version__ = "0.1.0"
@@ -27,6 +28,7 @@ __all__ = [
     "Divergence",
     "FDistillLoss",
     "FDistillResult",
+    "FDivergenceLoss",
     "alpha",
     "build_info",
     "cuda_available",
@@ -36,6 +38,7 @@ __all__ = [
     "f_dpg_loss",
     "f_dpo_loss",
     "fused_linear_sequence_logprobs",
+    "f_divergence_loss",
     "gkd_jsd",
     "group_normalized_advantages",
     "resolve",

@@ -10,6 +10,11 @@ import torch
 from ._backend import FLOAT_DTYPES
 
 
+class DTypeError(TypeError, ValueError):
+    """A tensor of the wrong dtype: a TypeError by the house convention, and a ValueError too, so callers
+    that treat every bad argument as a ValueError (as the op issues specify) catch it."""
+
+
 def _dtype_names() -> str:
     return ", ".join(str(d).replace("torch.", "") for d in FLOAT_DTYPES)
 
@@ -18,7 +23,7 @@ def check_float_tensor(name: str, value: object) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if value.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have a floating dtype ({_dtype_names()}), got {value.dtype}")
+        raise DTypeError(f"{name} must have a floating dtype ({_dtype_names()}), got {value.dtype}")
     if value.device.type not in ("cpu", "cuda"):
         raise ValueError(f"{name} must be on a CPU or CUDA device, got {value.device}")
     return value

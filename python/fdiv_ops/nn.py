@@ -12,6 +12,7 @@ from .divergences import Divergence, resolve
 from .ops.alignment import f_dpg_loss
 from .ops.divergence_psi import divergence_terms
 from .ops.f_distill import compute_weights, f_distill
+from .ops.f_divergence import DEFAULT_MAX_VOCAB_PAD, f_divergence_loss
 
 
 class FDistillLoss(nn.Module):
@@ -240,3 +241,48 @@ class FDPG(nn.Module):
         stats["log_z"] = log_z
         stats["baseline"] = baseline
         return loss, stats
+
+class FDivergenceLoss(nn.Module):
+    """f_divergence_loss as a module: token-level distillation of a student's logits towards a teacher's.
+
+    The constructor takes every keyword of ``fdiv_ops.f_divergence_loss`` (divergence, temperature,
+    ignore_index, reduction, teacher_is_logprobs, max_vocab_pad); ``forward(student_logits,
+    teacher_logits=None, labels=None, *, num_items_in_batch=None, teacher_topk=None)``.
+    """
+
+    def __init__(
+        self,
+        divergence: str | Divergence = "forward_kl",
+        *,
+        temperature: float = 1.0,
+        ignore_index: int = -100,
+        reduction: str = "batchmean",
+        teacher_is_logprobs: bool = False,
+        max_vocab_pad: int | None = DEFAULT_MAX_VOCAB_PAD,
+    ) -> None:
+        super().__init__()
+        self.divergence = resolve(divergence)
+        self.temperature = check_positive("temperature", temperature)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.teacher_is_logprobs = teacher_is_logprobs
+        self.max_vocab_pad = max_vocab_pad
+
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        *,
+        num_items_in_batch=None,
+        teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        return f_divergence_loss(
+            student_logits, teacher_logits, divergence=self.divergence, temperature=self.temperature,
+            labels=labels, ignore_index=self.ignore_index, reduction=self.reduction,
+            num_items_in_batch=num_items_in_batch, teacher_is_logprobs=self.teacher_is_logprobs,
+            teacher_topk=teacher_topk, max_vocab_pad=self.max_vocab_pad,
+        )
+
+    def extra_repr(self) -> str:
+        return f"divergence={self.divergence}, temperature={self.temperature}, reduction={self.reduction!r}"

@@ -290,3 +290,119 @@ def f_dpg_loss(policy_logprobs, *, target_logscores=None, log_z=0.0, log_ratio=N
         else:
             adv = rewards - baseline
     return -(w * adv * policy_logprobs).mean(), (w * f(divergence, ell)).mean()
+
+
+# ---------------------------------------------------------------------------------------------------
+# f_divergence_loss (docs/math.md §3): token-level distillation on logits, written the eager way
+# (full log-softmaxes, a (rows x V) term tensor, autograd for the gradient).
+
+
+def _safe_log_softmax(x: torch.Tensor) -> torch.Tensor:
+    """log_softmax with rows of -inf kept at -inf (log_softmax alone would give NaN there)."""
+    dead = (x == -math.inf).all(dim=-1, keepdim=True)
+    return torch.where(dead, torch.full_like(x, -math.inf), F.log_softmax(torch.where(dead, 0.0, x), dim=-1))
+
+
+def categorical_divergence(divergence: str | Divergence, log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    """sum_v q_v f(p_v/q_v) over the last dim; entries that are -inf on either side contribute 0."""
+    keep = (log_q > -math.inf) & (log_p > -math.inf)
+    l = torch.where(keep, log_p - log_q, torch.zeros_like(log_q))
+    q = torch.exp(torch.where(keep, log_q, torch.zeros_like(log_q)))
+    term = torch.where(keep, q * f(divergence, l), torch.zeros_like(q))
+    return term.sum(dim=-1)
+
+
+def _reduce(row: torch.Tensor, labels, ignore_index, reduction, num_items_in_batch) -> torch.Tensor:
+    weight = torch.ones_like(row) if labels is None else (labels != ignore_index).to(row.dtype)
+    row = torch.where(weight > 0, row, torch.zeros_like(row))
+    if reduction == "none":
+        return row
+    if reduction == "sum":
+        return row.sum()
+    denom = weight.sum().clamp_min(1) if num_items_in_batch is None else num_items_in_batch
+    return row.sum() / denom
+
+
+def f_divergence_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    divergence: str | Divergence = "forward_kl",
+    temperature: float = 1.0,
+    labels: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "batchmean",
+    num_items_in_batch=None,
+    teacher_is_logprobs: bool = False,
+) -> torch.Tensor:
+    """Eager f_divergence_loss: the shorter vocabulary padded with -inf, as TRL and Liger do."""
+    vs, vt = student_logits.shape[-1], teacher_logits.shape[-1]
+    teacher_logits = teacher_logits.to(student_logits.dtype)
+    if vs < vt:
+        student_logits = F.pad(student_logits, (0, vt - vs), value=-math.inf)
+    elif vt < vs:
+        teacher_logits = F.pad(teacher_logits, (0, vs - vt), value=-math.inf)
+    log_q = _safe_log_softmax(student_logits / temperature)
+    log_p = teacher_logits.detach() if teacher_is_logprobs else _safe_log_softmax(teacher_logits.detach() / temperature)
+    row = categorical_divergence(divergence, log_q, log_p)
+    return _reduce(row, labels, ignore_index, reduction, num_items_in_batch)
+
+
+def f_divergence_topk_loss(
+    student_logits: torch.Tensor,
+    indices: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    *,
+    divergence: str | Divergence = "forward_kl",
+    temperature: float = 1.0,
+    labels: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "batchmean",
+    num_items_in_batch=None,
+) -> torch.Tensor:
+    """The top-k definition: D_f between the (k+1)-category distributions {the teacher's k tokens, one
+    bucket with each side's remaining mass}; the student's bucket is a log-sum-exp over its other tokens."""
+    log_q_all = F.log_softmax(student_logits / temperature, dim=-1)
+    log_q_top = log_q_all.gather(-1, indices)
+    outside = torch.ones_like(log_q_all, dtype=torch.bool).scatter(-1, indices, False)
+    log_q_rest = torch.logsumexp(torch.where(outside, log_q_all, -math.inf), dim=-1, keepdim=True)
+    lp = teacher_logprobs.detach().to(log_q_all.dtype)
+    p_rest = (1 - lp.exp().sum(-1, keepdim=True)).clamp_min(0)
+    log_p_rest = torch.log(p_rest)
+    row = categorical_divergence(
+        divergence, torch.cat([log_q_top, log_q_rest], -1), torch.cat([lp, log_p_rest], -1)
+    )
+    return _reduce(row, labels, ignore_index, reduction, num_items_in_batch)
+
+
+def trl_generalized_jsd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    reduction: str = "batchmean",
+) -> torch.Tensor:
+    """TRL's GKD generalized_jsd_loss semantics, restated for the drop-in test (not TRL's code):
+    logits divided by the temperature before the log-softmaxes (no T^2 factor); beta = 0 is KL(teacher ||
+    student), beta = 1 is KL(student || teacher), otherwise beta KL(teacher || m) + (1 - beta) KL(student || m)
+    with m = beta teacher + (1 - beta) student; "batchmean" divides the sum by the number of labels that are
+    not -100, or without labels by size(0) * size(1) of the (batch, seq, V) logits."""
+    log_s = F.log_softmax(student_logits / temperature, dim=-1)
+    log_t = F.log_softmax(teacher_logits / temperature, dim=-1)
+    if beta == 0:
+        per_entry = log_t.exp() * (log_t - log_s)
+    elif beta == 1:
+        per_entry = log_s.exp() * (log_s - log_t)
+    else:
+        log_m = torch.logaddexp(log_t + math.log(beta), log_s + math.log1p(-beta))
+        per_entry = beta * log_t.exp() * (log_t - log_m) + (1 - beta) * log_s.exp() * (log_s - log_m)
+    if labels is not None:
+        mask = labels != -100
+        per_entry = per_entry[mask]
+    if reduction == "batchmean":
+        denom = mask.sum() if labels is not None else per_entry.size(0) * per_entry.size(1)
+        return per_entry.sum() / denom
+    if reduction == "sum":
+        return per_entry.sum()
+    return per_entry

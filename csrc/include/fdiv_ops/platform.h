@@ -6,6 +6,10 @@
 
 #if defined(__CUDACC__)
 #define FDIV_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// Forced, as on the device: the CPU hot loops only vectorise when every call in them is inlined, and
+// GCC's heuristics give up on the larger translation units (13 divergences x 4 dtypes x 3 ISA clones).
+#define FDIV_HD inline __attribute__((always_inline))
 #else
 #define FDIV_HD inline
 #endif

@@ -1,0 +1,292 @@
+"""f_divergence_loss: token-level f-divergence distillation on logits (docs/math.md §3).
+
+Two custom ops: ``fdiv_ops::f_divergence`` (dense teacher logits or log-probs) and
+``fdiv_ops::f_divergence_topk`` (a sparse top-k teacher). Each returns the per-row losses, already
+weighted by the reduction, and the gradient of their sum with respect to the student logits, written in
+forward; backward only scales that gradient by grad_output on the device (no host sync).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .. import _C
+from .._backend import DTYPE_CODES, acc_dtype, device_args, num_threads, ptr
+from .._validation import check_choice, check_float_tensor, check_positive, check_same
+from ..divergences import Divergence, resolve
+
+_REDUCTIONS = ("batchmean", "sum", "none")
+DEFAULT_MAX_VOCAB_PAD = 1024
+
+
+def _run(device: torch.device, fn) -> None:
+    on_cuda, stream = device_args(device)
+    with torch.cuda.device(device) if on_cuda else contextlib.nullcontext():
+        fn(on_cuda, stream)
+
+
+@torch.library.custom_op("fdiv_ops::f_divergence", mutates_args=())
+def _dense_op(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    row_scale: torch.Tensor,
+    kind: int,
+    param: float,
+    inv_temperature: float,
+    teacher_is_logprobs: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    student = student.contiguous()
+    teacher = teacher.to(student.dtype).contiguous()
+    rows, student_vocab = student.shape
+    acc = acc_dtype(student.dtype)
+    row_scale = row_scale.to(acc).contiguous()
+    row_loss = student.new_empty(rows, dtype=acc)
+    grad = torch.empty_like(student)
+    _run(student.device, lambda on_cuda, stream: _C.f_divergence(
+        ptr(student), ptr(teacher), DTYPE_CODES[student.dtype], rows, student_vocab, teacher.shape[1],
+        teacher_is_logprobs, inv_temperature, kind, param, ptr(row_scale), ptr(row_loss), ptr(grad),
+        num_threads(), on_cuda, stream,
+    ))
+    return row_loss, grad
+
+
+@_dense_op.register_fake
+def _(student, teacher, row_scale, kind, param, inv_temperature, teacher_is_logprobs):
+    acc = acc_dtype(student.dtype)
+    return student.new_empty(student.shape[0], dtype=acc), torch.empty_like(
+        student, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("fdiv_ops::f_divergence_topk", mutates_args=())
+def _topk_op(
+    student: torch.Tensor,
+    indices: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    row_scale: torch.Tensor,
+    kind: int,
+    param: float,
+    inv_temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    student = student.contiguous()
+    rows, vocab = student.shape
+    k = indices.shape[1]
+    if student.device.type == "cpu" and indices.numel() and bool(((indices < 0) | (indices >= vocab)).any()):
+        # On the CPU the check is free of device syncs; on CUDA the kernel turns the row into NaN instead.
+        raise ValueError(f"teacher_topk: indices must lie in [0, V) = [0, {vocab}), got values outside it")
+    acc = acc_dtype(student.dtype)
+    indices = indices.contiguous()
+    teacher_logprobs = teacher_logprobs.to(acc).contiguous()
+    row_scale = row_scale.to(acc).contiguous()
+    row_loss = student.new_empty(rows, dtype=acc)
+    grad = torch.empty_like(student)
+    _run(student.device, lambda on_cuda, stream: _C.f_divergence_topk(
+        ptr(student), ptr(indices), ptr(teacher_logprobs), DTYPE_CODES[student.dtype], rows, vocab, k,
+        inv_temperature, kind, param, ptr(row_scale), ptr(row_loss), ptr(grad), num_threads(), on_cuda, stream,
+    ))
+    return row_loss, grad
+
+
+@_topk_op.register_fake
+def _(student, indices, teacher_logprobs, row_scale, kind, param, inv_temperature):
+    acc = acc_dtype(student.dtype)
+    return student.new_empty(student.shape[0], dtype=acc), torch.empty_like(
+        student, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
+    ctx.backward_done = False
+    ctx.scale_in_place = output[1].dtype != torch.float64
+
+
+def _make_backward(n_inputs: int):
+    def backward(ctx, grad_row_loss, _grad_grad):
+        # The gradient was written in forward; scale it by grad_output (one value per row) on the device.
+        # Eager: in place (no second rows x V buffer), hence one backward per forward. Traced (torch.compile,
+        # AOT autograd), the graph rejects mutating a saved output, so scale out of place there. float64,
+        # the checking dtype, also scales out of place so that gradcheck's repeated backward works.
+        nones = (None,) * (n_inputs - 1)
+        if grad_row_loss is None:
+            return (None,) + nones
+        if ctx.backward_done and ctx.scale_in_place:
+            raise RuntimeError(
+                "fdiv_ops.f_divergence_loss: backward ran twice through the same graph (retain_graph=True); "
+                "the gradient is scaled in place, recompute the loss instead")
+        ctx.backward_done = True
+        (grad,) = ctx.saved_tensors
+        factor = grad_row_loss.unsqueeze(-1)
+        if ctx.scale_in_place and type(grad) is torch.Tensor and not torch.compiler.is_compiling():
+            return (grad.mul_(factor),) + nones
+        return ((grad * factor).to(grad.dtype),) + nones
+
+    return backward
+
+
+_dense_op.register_autograd(_make_backward(7), setup_context=_setup_context)
+_topk_op.register_autograd(_make_backward(7), setup_context=_setup_context)
+
+
+def _check_leading(name: str, value: torch.Tensor, leading: torch.Size, what: str) -> None:
+    if value.shape[:-1] != leading:
+        raise ValueError(f"{name} must have the leading shape of student_logits {tuple(leading)} ({what}), "
+                         f"got {tuple(value.shape)}")
+
+
+def _row_scale(labels, ignore_index, reduction, num_items_in_batch, leading, device, acc):
+    rows = leading.numel()
+    if labels is None:
+        weight = torch.ones(rows, dtype=acc, device=device)
+    else:
+        weight = (labels.reshape(rows) != ignore_index).to(acc)
+    if reduction != "batchmean":
+        return weight
+    if num_items_in_batch is None:
+        return weight / weight.sum().clamp_min(1.0)  # all rows ignored: 0 / 1, never NaN
+    if isinstance(num_items_in_batch, torch.Tensor):
+        return weight / num_items_in_batch.to(device=device, dtype=acc)
+    return weight / float(num_items_in_batch)
+
+
+def _validate(student_logits, teacher_logits, temperature, labels, reduction, num_items_in_batch,
+              teacher_is_logprobs, teacher_topk, max_vocab_pad):
+    check_float_tensor("student_logits", student_logits)
+    if student_logits.dim() < 1 or student_logits.shape[-1] == 0:
+        raise ValueError(f"student_logits must have shape (..., V) with V >= 1, got {tuple(student_logits.shape)}")
+    leading = student_logits.shape[:-1]
+    if teacher_topk is not None:
+        if teacher_logits is not None:
+            raise ValueError("teacher_logits must be None when teacher_topk is given (one teacher at a time)")
+        if teacher_is_logprobs:
+            raise ValueError("teacher_is_logprobs does not apply to teacher_topk (its values are log-probs already)")
+        if not isinstance(teacher_topk, (tuple, list)) or len(teacher_topk) != 2:
+            raise TypeError("teacher_topk must be a pair (indices, logprobs) of tensors")
+        indices, logprobs = teacher_topk
+        if not isinstance(indices, torch.Tensor) or indices.dtype != torch.int64:
+            got = indices.dtype if isinstance(indices, torch.Tensor) else type(indices).__name__
+            raise TypeError(f"teacher_topk: indices must be an int64 tensor, got {got}")
+        check_float_tensor("teacher_topk logprobs", logprobs)
+        check_same("teacher_topk indices", indices, "student_logits", student_logits, shape=False, dtype=False)
+        check_same("teacher_topk logprobs", logprobs, "student_logits", student_logits, shape=False, dtype=False)
+        _check_leading("teacher_topk indices", indices, leading, "(..., k)")
+        if logprobs.shape != indices.shape:
+            raise ValueError(f"teacher_topk: logprobs must have the shape of indices {tuple(indices.shape)}, "
+                             f"got {tuple(logprobs.shape)}")
+        k, vocab = indices.shape[-1], student_logits.shape[-1]
+        if not 1 <= k <= vocab:
+            raise ValueError(f"teacher_topk: k must satisfy 1 <= k <= V = {vocab}, got k = {k}")
+    else:
+        if teacher_logits is None:
+            raise ValueError("teacher_logits is required (or pass teacher_topk=(indices, logprobs))")
+        check_float_tensor("teacher_logits", teacher_logits)
+        check_same("teacher_logits", teacher_logits, "student_logits", student_logits, shape=False, dtype=False)
+        if teacher_logits.dim() != student_logits.dim() or teacher_logits.shape[:-1] != leading:
+            raise ValueError(f"teacher_logits must have the leading shape of student_logits {tuple(leading)}, "
+                             f"got {tuple(teacher_logits.shape)}")
+        gap = abs(teacher_logits.shape[-1] - student_logits.shape[-1])
+        if max_vocab_pad is not None and gap > max_vocab_pad:
+            raise ValueError(
+                f"teacher_logits: vocabulary sizes differ by {gap} (student {student_logits.shape[-1]}, teacher "
+                f"{teacher_logits.shape[-1]}), more than max_vocab_pad = {max_vocab_pad}; the shorter side is "
+                "padded with -inf, pass a larger max_vocab_pad (or None) if this mismatch is intended"
+            )
+    temperature = check_positive("temperature", temperature)
+    check_choice("reduction", reduction, _REDUCTIONS)
+    if labels is not None:
+        if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype.is_complex:
+            raise TypeError("labels must be an integer tensor with the leading shape of student_logits")
+        if labels.shape != leading:
+            raise ValueError(f"labels must have the leading shape of student_logits {tuple(leading)}, "
+                             f"got {tuple(labels.shape)}")
+        check_same("labels", labels, "student_logits", student_logits, shape=False, dtype=False)
+    if num_items_in_batch is not None and not isinstance(num_items_in_batch, torch.Tensor):
+        check_positive("num_items_in_batch", num_items_in_batch)
+    if max_vocab_pad is not None and (isinstance(max_vocab_pad, bool) or not isinstance(max_vocab_pad, int)
+                                      or max_vocab_pad < 0):
+        raise ValueError(f"max_vocab_pad must be an int >= 0 or None, got {max_vocab_pad!r}")
+    return temperature
+
+
+def f_divergence_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None = None,
+    *,
+    divergence: str | Divergence = "forward_kl",
+    temperature: float = 1.0,
+    labels: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "batchmean",
+    num_items_in_batch: float | torch.Tensor | None = None,
+    teacher_is_logprobs: bool = False,
+    teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None,
+    max_vocab_pad: int | None = DEFAULT_MAX_VOCAB_PAD,
+) -> torch.Tensor:
+    r"""Token-level f-divergence D_f(p || q) between teacher p and student q, per row of (..., V) logits.
+
+    With q = softmax(student_logits / T) and p = softmax(teacher_logits / T) (docs/math.md §3)::
+
+        loss_row = sum_v q_v f(p_v / q_v)          grad_z = (1/T) q (psi - sum_v q_v psi_v)
+
+    ``divergence="forward_kl"`` is KL(p||q), ``"reverse_kl"`` KL(q||p); ``fdiv_ops.gkd_jsd(beta)``
+    reproduces TRL's ``generalized_jsd_loss(student_logits, teacher_logits, labels, beta, temperature,
+    reduction="batchmean")`` for its (batch, seq, V) logits, beta = 0 (forward_kl) and 1 (reverse_kl)
+    included (TRL applies no T^2 factor, neither does this). Only the student gets a gradient.
+
+    Args:
+        student_logits: (..., V) float32/float64/bfloat16/float16, any strides (a non-contiguous tensor
+            is copied to a contiguous one first; contiguous ones never are). The loss is accumulated
+            in float32 (float64 for float64 input) and returned in that dtype; the gradient has the
+            student's dtype.
+        teacher_logits: (..., V') with the same leading shape, on the same device. A dtype other than the
+            student's is cast to it (a copy). When V' != V the shorter row is padded with -inf (never
+            copied); ``max_vocab_pad`` (default 1024, e.g. 151936 vs 152064 passes) bounds the allowed
+            difference, None allows any.
+        labels: integer tensor of the leading shape; rows whose label is ``ignore_index`` contribute
+            nothing (0 loss, 0 gradient). None: every row counts.
+        reduction: "batchmean" = sum over counted rows / their number (or / ``num_items_in_batch`` when
+            given, for gradient accumulation; all rows ignored gives 0, not NaN), "sum", or "none"
+            (per-row losses of the leading shape, 0 at ignored rows).
+        teacher_is_logprobs: ``teacher_logits`` holds cached log-probabilities, used as given: no
+            log-sum-exp and no temperature on the teacher side (cache them at the temperature you
+            distil at); ``temperature`` still applies to the student.
+        teacher_topk: ``(indices, logprobs)``, both (..., k) with k <= V, int64 token ids (distinct per
+            row, as torch.topk returns) and the teacher's log-probabilities of those tokens. The loss is
+            then the divergence between two (k+1)-category distributions: the k tokens plus one bucket
+            holding the rest of each side's mass, 1 - sum_k p and 1 - sum_k q. The student's
+            probabilities come from its full softmax (with temperature), so its gradient reaches all V
+            logits: token j outside the top-k gets q_j (psi_bucket - S) / T. The bucket masses are
+            1 - sum_k (accumulated in float32 for 16/32-bit logits), so a bucket smaller than ~1e-6 is
+            resolved only to that rounding. Duplicate indices are not detected (they would count twice).
+            Out-of-range indices raise ValueError on CPU tensors; on CUDA (no host sync to check) they
+            make that row's loss and gradient NaN.
+
+    Entries that are -inf on either side (masked vocabulary, padding) contribute 0 to the loss and to
+    sum q psi; the gradient is that of the remaining sum (so a student entry with a -inf teacher still
+    feels the softmax normalisation). Rows of -inf give 0. Finite or -inf inputs never give NaN;
+    pearson_chi2, neyman_chi2 and alpha are unbounded where one side is ~0 and can give inf there (their
+    gradient then saturates at the float range rather than becoming NaN).
+    """
+    temperature = _validate(student_logits, teacher_logits, temperature, labels, reduction, num_items_in_batch,
+                            teacher_is_logprobs, teacher_topk, max_vocab_pad)
+    div = resolve(divergence)
+    leading = student_logits.shape[:-1]
+    rows, vocab = leading.numel(), student_logits.shape[-1]
+    acc = acc_dtype(student_logits.dtype)
+    row_scale = _row_scale(labels, -100 if ignore_index is None else ignore_index, reduction, num_items_in_batch,
+                           leading, student_logits.device, acc)
+    student = student_logits.reshape(rows, vocab)
+    if teacher_topk is None:
+        teacher = teacher_logits.detach().reshape(rows, teacher_logits.shape[-1])
+        row_loss, _ = _dense_op(student, teacher, row_scale, div.kernel_id, div.kernel_param, 1.0 / temperature,
+                                bool(teacher_is_logprobs))
+    else:
+        indices, logprobs = teacher_topk
+        k = indices.shape[-1]
+        row_loss, _ = _topk_op(student, indices.reshape(rows, k), logprobs.detach().reshape(rows, k), row_scale,
+                               div.kernel_id, div.kernel_param, 1.0 / temperature)
+    if reduction == "none":
+        return row_loss.reshape(leading)
+    return row_loss.sum()

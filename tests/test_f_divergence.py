@@ -1,0 +1,353 @@
+"""f_divergence_loss against the float64 eager reference (docs/math.md §3), TRL's GKD loss, the top-k
+definition, its registration (opcheck, torch.compile, gradcheck) and its errors."""
+
+import math
+
+import fdiv_ops
+import pytest
+import torch
+from fdiv_ops import _C
+from fdiv_ops import reference as ref
+from fdiv_ops._backend import DTYPE_CODES
+
+ALL = [
+    "forward_kl", "reverse_kl", "js", "squared_hellinger", "softened_rkl", "jeffreys", "total_variation",
+    "pearson_chi2", "neyman_chi2",
+    fdiv_ops.gkd_jsd(0.0), fdiv_ops.gkd_jsd(0.1), fdiv_ops.gkd_jsd(0.5), fdiv_ops.gkd_jsd(0.9), fdiv_ops.gkd_jsd(1.0),
+    fdiv_ops.alpha(-0.5), fdiv_ops.alpha(0.5), fdiv_ops.alpha(2.0),
+    fdiv_ops.skew_forward_kl(0.0), fdiv_ops.skew_forward_kl(0.1), fdiv_ops.skew_forward_kl(1.0),
+    fdiv_ops.skew_reverse_kl(0.0), fdiv_ops.skew_reverse_kl(0.1), fdiv_ops.skew_reverse_kl(1.0),
+]
+IDS = [str(d) for d in ALL]
+BOUNDED = [d for d in ALL if fdiv_ops.resolve(d).name not in ("pearson_chi2", "neyman_chi2", "alpha")]
+
+
+def _logits(shape, dtype=torch.float32, device="cpu", scale=2.0):
+    return (scale * torch.randn(shape, dtype=torch.float64)).to(device=device, dtype=dtype)
+
+
+def _fused(student, teacher, grad_output=None, **kw):
+    student = student.detach().clone().requires_grad_()
+    loss = fdiv_ops.f_divergence_loss(student, teacher, **kw)
+    loss.backward(torch.ones_like(loss) if grad_output is None else grad_output)
+    return loss.detach(), student.grad
+
+
+def _reference(student, teacher, grad_output=None, fn=ref.f_divergence_loss, **kw):
+    student = student.detach().double().clone().requires_grad_()
+    loss = fn(student, teacher.double() if teacher.is_floating_point() else teacher, **kw)
+    loss.backward(torch.ones_like(loss) if grad_output is None else grad_output.double())
+    return loss.detach(), student.grad
+
+
+def _close(got, want, dtype):
+    """fp32: relative 1e-5 of the largest magnitude (a gradient entry can be ~0), fp64: 1e-10; plus a tiny
+    absolute floor for divergences that are identically 0 (skew_*(1)), whose reference is rounding noise."""
+    rel, floor = (1e-5, 1e-9) if dtype != torch.float64 else (1e-10, 1e-15)
+    scale = float(want.abs().max()) if want.numel() else 0.0
+    torch.testing.assert_close(got.double(), want, rtol=rel, atol=rel * scale + floor)
+
+
+@pytest.mark.parametrize("divergence", ALL, ids=IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_reference(divergence, dtype, device):
+    student, teacher = _logits((2, 3, 1271), dtype, device), _logits((2, 3, 1271), dtype, device)
+    kw = {"divergence": divergence, "temperature": 1.7}
+    loss, grad = _fused(student, teacher, **kw)
+    want_loss, want_grad = _reference(student, teacher, **kw)
+    assert loss.dtype == dtype and grad.dtype == dtype and grad.shape == student.shape
+    _close(loss, want_loss, dtype)
+    _close(grad, want_grad, dtype)
+
+
+@pytest.mark.parametrize("divergence", ALL, ids=IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_categorical_forms_match_reference_grid(divergence, dtype):
+    """q f(p/q) and q psi(p/q) of divergences.h (vectorised math for float32) over a grid of (log q, log p)."""
+    grid = torch.tensor([-80.0, -30.0, -12.0, -3.0, -1.0, -0.3, -1e-3, 0.0], dtype=torch.float64)
+    lq, lp = (g.reshape(-1).contiguous() for g in torch.meshgrid(grid, grid, indexing="ij"))
+    d = fdiv_ops.resolve(divergence)
+    qf, qpsi = torch.empty_like(lq, dtype=dtype), torch.empty_like(lq, dtype=dtype)
+    lq_in, lp_in = lq.to(dtype), lp.to(dtype)
+    _C.categorical_eval(lq_in.data_ptr(), lp_in.data_ptr(), DTYPE_CODES[dtype], lq.numel(), d.kernel_id,
+                        d.kernel_param, qf.data_ptr(), qpsi.data_ptr())
+    q, ratio = lq.exp(), lp - lq
+    want_qf, want_qpsi = q * ref.f(d, ratio), q * ref.psi(d, ratio)
+    assert not torch.isnan(qf).any() and not torch.isnan(qpsi).any()
+    finite = torch.isfinite(want_qf) & torch.isfinite(want_qpsi) & (want_qf.abs() < 1e30) & (want_qpsi.abs() < 1e30)
+    rel = 2e-5 if dtype == torch.float32 else 1e-9
+    # absolute floor: float32 rounding of the inputs themselves (|l| up to 80) moves q f by ~ q * |l| * eps
+    floor = (1e-6 * q * (1 + ratio.abs() ** 2) if dtype == torch.float32 else 1e-12 * q * (1 + ratio.abs() ** 2))
+    for got, want in ((qf, want_qf), (qpsi, want_qpsi)):
+        err = (got.double() - want).abs()[finite]
+        assert (err <= rel * want.abs()[finite] + floor[finite] + 1e-30).all(), (err.max(), str(d))
+    # extreme log-probabilities (logits of +-1e4): no NaN, and inf only where the divergence is unbounded
+    far = torch.tensor([-1e4, -200.0, 0.0], dtype=dtype)
+    lq, lp = (g.reshape(-1).contiguous() for g in torch.meshgrid(far, far, indexing="ij"))
+    _C.categorical_eval(lq.data_ptr(), lp.data_ptr(), DTYPE_CODES[dtype], lq.numel(), d.kernel_id, d.kernel_param,
+                        qf[:9].data_ptr(), qpsi[:9].data_ptr())
+    assert not torch.isnan(qf[:9]).any() and not torch.isnan(qpsi[:9]).any()
+    if d in [fdiv_ops.resolve(b) for b in BOUNDED]:
+        assert torch.isfinite(qf[:9]).all() and torch.isfinite(qpsi[:9]).all()
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.1, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("with_labels", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gkd_jsd_is_a_drop_in_for_trl(beta, with_labels, dtype, device):
+    student, teacher = _logits((2, 5, 301), dtype, device), _logits((2, 5, 301), dtype, device)
+    labels = torch.randint(0, 301, (2, 5), device=device)
+    labels[0, :2] = -100
+    labels = labels if with_labels else None
+    loss, grad = _fused(student, teacher, divergence=fdiv_ops.gkd_jsd(beta), temperature=2.0, labels=labels)
+    s = student.detach().clone().requires_grad_()
+    want = ref.trl_generalized_jsd_loss(s, teacher, labels, beta, 2.0, reduction="batchmean")
+    want.backward()
+    _close(loss, want.detach().double(), dtype)
+    _close(grad, s.grad.double(), dtype)
+
+
+@pytest.mark.parametrize("reduction", ["batchmean", "sum", "none"])
+def test_labels_ignore_index_and_reductions(reduction, device):
+    student, teacher = _logits((3, 4, 257), device=device), _logits((3, 4, 257), device=device)
+    labels = torch.randint(0, 257, (3, 4), device=device)
+    labels[1, 1:] = 7
+    labels[2, 0] = 7
+    kw = {"divergence": "js", "labels": labels, "ignore_index": 7, "reduction": reduction}
+    grad_output = torch.rand(3, 4, device=device) if reduction == "none" else None
+    loss, grad = _fused(student, teacher, grad_output, **kw)
+    want_loss, want_grad = _reference(student, teacher, grad_output, **kw)
+    _close(loss, want_loss, torch.float32)
+    _close(grad, want_grad, torch.float32)
+    assert (grad[labels == 7] == 0).all()
+    if reduction == "none":
+        assert loss.shape == (3, 4) and (loss[labels == 7] == 0).all()
+
+
+@pytest.mark.parametrize("num_items", [5, 5.0, "tensor"])
+def test_num_items_in_batch(num_items, device):
+    student, teacher = _logits((2, 6, 99), device=device), _logits((2, 6, 99), device=device)
+    labels = torch.randint(0, 99, (2, 6), device=device)
+    labels[0, 0] = -100
+    n = torch.tensor(5, device=device) if num_items == "tensor" else num_items
+    loss, grad = _fused(student, teacher, divergence="reverse_kl", labels=labels, num_items_in_batch=n)
+    want_loss, want_grad = _reference(student, teacher, divergence="reverse_kl", labels=labels, num_items_in_batch=5)
+    _close(loss, want_loss, torch.float32)
+    _close(grad, want_grad, torch.float32)
+
+
+@pytest.mark.parametrize("reduction", ["batchmean", "sum", "none"])
+def test_all_rows_ignored_gives_zero_not_nan(reduction, device):
+    student, teacher = _logits((2, 3, 50), device=device), _logits((2, 3, 50), device=device)
+    labels = torch.full((2, 3), -100, device=device)
+    loss, grad = _fused(student, teacher, torch.ones(2, 3, device=device) if reduction == "none" else None,
+                        labels=labels, reduction=reduction, divergence="forward_kl")
+    assert (loss == 0).all() and (grad == 0).all()
+
+
+@pytest.mark.parametrize("student_vocab, teacher_vocab", [(1271, 1280), (1280, 1271)])
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", fdiv_ops.gkd_jsd(0.5)], ids=str)
+def test_vocab_mismatch_pads_the_shorter_side_with_neg_inf(student_vocab, teacher_vocab, divergence, device):
+    student, teacher = _logits((5, student_vocab), device=device), _logits((5, teacher_vocab), device=device)
+    loss, grad = _fused(student, teacher, divergence=divergence)
+    want_loss, want_grad = _reference(student, teacher, divergence=divergence)
+    assert grad.shape == student.shape
+    _close(loss, want_loss, torch.float32)
+    _close(grad, want_grad, torch.float32)
+    with pytest.raises(ValueError, match="max_vocab_pad"):
+        fdiv_ops.f_divergence_loss(student, teacher, max_vocab_pad=5)
+    fdiv_ops.f_divergence_loss(student[:, :100], teacher, max_vocab_pad=None)  # widened: allowed
+
+
+@pytest.mark.parametrize("divergence", ALL, ids=IDS)
+def test_neg_inf_entries_and_rows(divergence, device):
+    student, teacher = _logits((6, 301), device=device), _logits((6, 301), device=device)
+    student[0, :40] = -math.inf  # masked student vocabulary
+    teacher[1, 10:60] = -math.inf  # masked teacher vocabulary
+    student[2, 50:70] = -math.inf
+    teacher[2, 60:90] = -math.inf
+    student[3] = -math.inf  # a whole row
+    teacher[4] = -math.inf
+    loss, grad = _fused(student, teacher, divergence=divergence, reduction="none")
+    want_loss, want_grad = _reference(student, teacher, divergence=divergence, reduction="none")
+    assert not torch.isnan(loss).any() and not torch.isnan(grad).any()
+    assert (loss[3:5] == 0).all() and (grad[3:5] == 0).all() and (grad[0, :40] == 0).all()
+    _close(loss, want_loss, torch.float32)
+    _close(grad, want_grad, torch.float32)
+
+
+@pytest.mark.parametrize("divergence", ALL, ids=IDS)
+def test_extreme_logits_stay_finite(divergence, device):
+    student, teacher = _logits((4, 64), device=device), _logits((4, 64), device=device)
+    student[0, :3], teacher[0, 3:6] = 1e4, 1e4
+    student[1] = torch.where(torch.arange(64, device=device) % 2 == 0, 1e4, -1e4)
+    teacher[1] = -student[1]
+    student[2, 5], teacher[2, 5] = -1e4, 1e4
+    loss, grad = _fused(student, teacher, divergence=divergence, reduction="none")
+    assert not torch.isnan(loss).any() and not torch.isnan(grad).any()
+    if divergence in BOUNDED:
+        assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+        want_loss, want_grad = _reference(student, teacher, divergence=divergence, reduction="none")
+        ok = torch.isfinite(want_loss) & torch.isfinite(want_grad).all(-1)  # float64 overflows where we do not
+        assert ok.any()
+        _close(loss[ok], want_loss[ok], torch.float32)
+        # psi ~ log-ratio ~ 2e4 here and grad = q (psi - S) cancels: the float32 floor is ~ulp(2e4) ~ 2e-3
+        torch.testing.assert_close(grad[ok].double(), want_grad[ok], rtol=1e-5, atol=2e4 * 1e-7)
+
+
+def test_grad_output_and_non_contiguous_inputs(device):
+    base_s, base_t = _logits((1271, 6), device=device), _logits((1271, 6), device=device)
+    student, teacher = base_s.t(), base_t.t()[:, :1271]  # (6, 1271) with strides (1, 6)
+    assert not student.is_contiguous() and not teacher.is_contiguous()
+    for reduction, grad_output in (("batchmean", torch.tensor(-2.5, device=device)),
+                                   ("none", torch.randn(6, device=device))):
+        kw = {"divergence": "softened_rkl", "temperature": 0.7, "reduction": reduction}
+        loss, grad = _fused(student, teacher, grad_output, **kw)
+        want_loss, want_grad = _reference(student, teacher, grad_output, **kw)
+        _close(loss, want_loss, torch.float32)
+        _close(grad, want_grad, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "js", fdiv_ops.gkd_jsd(0.5)], ids=str)
+def test_half_precision_within_twice_eager_error(dtype, divergence, device):
+    student, teacher = _logits((8, 2003), dtype, device), _logits((8, 2003), dtype, device)
+    truth_loss, truth = _reference(student, teacher, divergence=divergence)  # float64 of the same inputs
+    loss, grad = _fused(student, teacher, divergence=divergence)
+    s = student.detach().clone().requires_grad_()
+    eager_loss = ref.f_divergence_loss(s, teacher, divergence=divergence)  # eager PyTorch in that dtype
+    eager_loss.backward()
+    scale = truth.abs().max()
+    err = ((grad.double() - truth).abs().max() / scale).item()
+    eager_err = ((s.grad.double() - truth).abs().max() / scale).item()
+    assert loss.dtype == torch.float32 and grad.dtype == dtype
+    assert math.isfinite(err)
+    assert err <= 2 * eager_err or math.isnan(eager_err), (err, eager_err)  # eager fp16 can overflow to NaN
+    loss_err = abs(loss.double() - truth_loss).item()
+    eager_loss_err = abs(eager_loss.double() - truth_loss).item()
+    assert loss_err <= 2 * eager_loss_err or math.isnan(eager_loss_err) or loss_err <= 1e-6 * abs(truth_loss).item()
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", fdiv_ops.gkd_jsd(0.3), "total_variation",
+                                        fdiv_ops.alpha(0.5)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_topk_teacher_matches_its_definition(divergence, dtype, device):
+    student, teacher = _logits((2, 3, 300), dtype, device), _logits((2, 3, 300), torch.float64, device)
+    logprobs, indices = torch.log_softmax(teacher, -1).topk(8, dim=-1)
+    logprobs = logprobs.to(dtype)
+    logprobs[0, 0, 7] = -math.inf  # a top-k token the teacher rules out: dropped
+    labels = torch.randint(0, 300, (2, 3), device=device)
+    labels[1, 2] = -100
+    kw = {"divergence": divergence, "temperature": 1.3, "labels": labels}
+    s = student.detach().clone().requires_grad_()
+    loss = fdiv_ops.f_divergence_loss(s, teacher_topk=(indices, logprobs), **kw)
+    loss.backward()
+    sr = student.detach().double().clone().requires_grad_()
+    want = ref.f_divergence_topk_loss(sr, indices, logprobs.double(), **kw)
+    want.backward()
+    _close(loss, want.detach(), dtype)
+    _close(s.grad, sr.grad, dtype)
+    assert (s.grad[1, 2] == 0).all()
+
+
+def test_teacher_is_logprobs_skips_the_teacher_softmax_and_temperature(device):
+    student, teacher = _logits((4, 500), device=device), _logits((4, 500), device=device)
+    cached = torch.log_softmax(teacher.double() / 2.0, -1).float()
+    loss, grad = _fused(student, cached, divergence="js", temperature=2.0, teacher_is_logprobs=True)
+    want_loss, want_grad = _reference(student, teacher, divergence="js", temperature=2.0)
+    _close(loss, want_loss, torch.float32)
+    _close(grad, want_grad, torch.float32)
+
+
+def test_module_matches_function():
+    student, teacher = _logits((3, 200)), _logits((3, 200))
+    module = fdiv_ops.FDivergenceLoss(fdiv_ops.gkd_jsd(0.5), temperature=2.0, reduction="sum")
+    torch.testing.assert_close(module(student, teacher), fdiv_ops.f_divergence_loss(
+        student, teacher, divergence=fdiv_ops.gkd_jsd(0.5), temperature=2.0, reduction="sum"))
+    assert "gkd_jsd(0.5)" in repr(module)
+
+
+def test_gradcheck_float64():
+    student, teacher = _logits((3, 7), torch.float64), _logits((3, 7), torch.float64)
+    teacher[0, 2] = -math.inf
+    labels = torch.tensor([1, -100, 2])
+    for divergence in ("forward_kl", "js", fdiv_ops.gkd_jsd(0.7), fdiv_ops.skew_reverse_kl(0.1)):
+        def loss_fn(z, divergence=divergence):
+            return fdiv_ops.f_divergence_loss(z, teacher, divergence=divergence, temperature=1.3, labels=labels)
+
+        assert torch.autograd.gradcheck(loss_fn, (student.clone().requires_grad_(),))
+    indices = torch.tensor([[0, 3], [1, 2], [6, 5]])
+    logprobs = torch.log(torch.tensor([[0.5, 0.2], [0.3, 0.3], [0.6, 0.1]], dtype=torch.float64))
+    assert torch.autograd.gradcheck(
+        lambda z: fdiv_ops.f_divergence_loss(z, teacher_topk=(indices, logprobs), divergence="reverse_kl",
+                                             reduction="none"), (student.clone().requires_grad_(),))
+
+
+def test_opcheck():
+    from fdiv_ops.ops.f_divergence import _dense_op, _topk_op
+
+    # float64 scales the saved gradient out of place; float32 scales it in place, which mutates an output
+    # the AOT-dispatch comparison reads after backward, so float32 runs the other checks only.
+    for dtype, utils in ((torch.float64, None), (torch.float32, ("test_schema", "test_faketensor",
+                                                                  "test_autograd_registration"))):
+        kw = {} if utils is None else {"test_utils": utils}
+        student, teacher = _logits((4, 33), dtype).requires_grad_(), _logits((4, 40), dtype)
+        scale = torch.full((4,), 0.25, dtype=dtype)
+        torch.library.opcheck(_dense_op, (student, teacher, scale, 3, 0.5, 0.5, False), **kw)
+        torch.library.opcheck(_dense_op, (student, teacher, scale, 1, 0.0, 1.0, True), **kw)
+        indices = torch.randperm(33)[:5].repeat(4, 1)
+        logprobs = torch.log(torch.full((4, 5), 0.1, dtype=dtype))
+        torch.library.opcheck(_topk_op, (student, indices, logprobs, scale, 0, 0.0, 1.0), **kw)
+
+
+def test_torch_compile_fullgraph():
+    student, teacher = _logits((2, 3, 129)), _logits((2, 3, 129))
+    labels = torch.randint(0, 129, (2, 3))
+    labels[0, 0] = -100
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def step(student, teacher, labels):
+        return fdiv_ops.f_divergence_loss(student, teacher, divergence="js", labels=labels, temperature=2.0) * 3.0
+
+    s = student.clone().requires_grad_()
+    step(s, teacher, labels).backward()
+    _, want = _reference(student, teacher, torch.tensor(3.0), divergence="js", labels=labels, temperature=2.0)
+    _close(s.grad, want, torch.float32)
+
+
+def test_second_backward_through_the_same_graph_is_refused():
+    student = _logits((2, 9)).requires_grad_()
+    loss = fdiv_ops.f_divergence_loss(student, _logits((2, 9)))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()
+
+
+def _call(student, teacher, **kw):
+    return fdiv_ops.f_divergence_loss(student, teacher, **kw)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda s, t: _call(s, t[:2]), "teacher_logits must have the leading shape"),
+        (lambda s, t: _call(s, t, labels=torch.zeros(3, dtype=torch.long)), "labels must have the leading shape"),
+        (lambda s, t: _call(s, t, temperature=0.0), "temperature must be"),
+        (lambda s, t: _call(s, t, temperature=-1.0), "temperature must be"),
+        (lambda s, t: _call(s, None, teacher_topk=(torch.zeros(3, 4, 50, dtype=torch.long), torch.zeros(3, 4, 50))),
+         "k must satisfy"),
+        (lambda s, t: _call(s, None, teacher_topk=(torch.full((3, 4, 2), 40), torch.zeros(3, 4, 2))),
+         "indices must lie in"),
+        (lambda s, t: _call(s, None, teacher_topk=(torch.full((3, 4, 2), -1), torch.zeros(3, 4, 2))),
+         "indices must lie in"),
+        (lambda s, t: _call(s.long(), t), "student_logits must have a floating dtype"),
+        (lambda s, t: _call(s, t.int()), "teacher_logits must have a floating dtype"),
+        (lambda s, t: _call(s, t, reduction="mean"), "reduction must be"),
+        (lambda s, t: _call(s, t, max_vocab_pad=-1), "max_vocab_pad"),
+        (lambda s, t: _call(s, torch.zeros(3, 4, 5000)), "max_vocab_pad"),
+    ],
+)
+def test_bad_input_is_a_value_error_naming_the_argument(make, message):
+    student, teacher = _logits((3, 4, 40)), _logits((3, 4, 40))
+    with pytest.raises(ValueError, match=message):
+        make(student, teacher)
