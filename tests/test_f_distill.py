@@ -227,7 +227,7 @@ def test_cuda_tensor_on_cpu_only_build_is_a_clear_error():
         (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t[:, :2], f, lg), ValueError, "teacher_x0 must have the shape"),
         (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f.double(), lg), TypeError, "fake_x0 must have the dtype"),
         (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg[:2]), ValueError, "disc_logits must have shape"),
-        (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg[..., None]), ValueError, "disc_logits must have shape"),
+        (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg[..., None]), ValueError, "disc_logits must have"),
         (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x[:0], t[:0], f[:0], lg[:0]), ValueError, "B >= 1"),
         (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg, ratio_clip=(2.0, 1.0)), ValueError, "ratio_clip"),
         (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg, ratio_clip=(0.0, 1.0)), ValueError, "ratio_clip"),

@@ -132,8 +132,8 @@ def test_unused_entropy_gives_the_logprob_gradient(device):
     z3 = logits.clone().requires_grad_()
     _, ent = fdiv_ops.sequence_logprobs(z3, labels, return_entropy=True)
     ent.sum().backward()  # only the entropy: the log-prob gradient is None inside backward
-    _, want = _reference(logits, labels, [torch.zeros(2, 4, dtype=torch.float64), torch.ones(2, 4, dtype=torch.float64)],
-                         return_entropy=True)
+    upstream = [torch.zeros(2, 4, dtype=torch.float64), torch.ones(2, 4, dtype=torch.float64)]
+    _, want = _reference(logits, labels, upstream, return_entropy=True)
     torch.testing.assert_close(z3.grad, want, **TOL[torch.float64])
 
 
@@ -162,7 +162,8 @@ def test_extreme_and_infinite_logits(device):
         (lp[:2].sum() + ent.sum()).backward()
         want_lp, want_ent = ref.sequence_logprobs(logits[:3], labels[:3], return_entropy=True)
         torch.testing.assert_close(lp[:2].double(), want_lp[:2], **TOL[dtype])
-        torch.testing.assert_close(ent[:2].double(), want_ent[:2], rtol=1e-5, atol=1e-3 if dtype == torch.float32 else 1e-9)
+        ent_atol = 1e-3 if dtype == torch.float32 else 1e-9
+        torch.testing.assert_close(ent[:2].double(), want_ent[:2], rtol=1e-5, atol=ent_atol)
         assert lp[2] == float("-inf") and lp[3] == float("-inf") and ent[3] == 0
         assert torch.isfinite(z.grad).all() and (z.grad[3] == 0).all()
 

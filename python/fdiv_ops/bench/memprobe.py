@@ -37,7 +37,7 @@ def _op_peaks(bench: OpBench, preset: str, dtype: torch.dtype, provider_name: st
             providers.clear_grads(inputs)
             gc.collect()
             peaks.append(rss_growth_mb(step))
-        except Exception as exc:  # noqa: BLE001 -- reported, not raised: the timing run reports it too
+        except Exception as exc:
             peaks.append(None)
             note = f"{type(exc).__name__}: {exc}"
         del inputs
