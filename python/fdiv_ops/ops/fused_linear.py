@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .. import _C
-from .._backend import DTYPE_CODES, acc_dtype, device_args, num_threads, ptr
+from .._backend import DTYPE_CODES, acc_dtype, num_threads, ptr
 from .._validation import check_choice, check_float_tensor, check_positive, check_same
 from ..divergences import Divergence, resolve
 from ._chunking import chunk_logits, fp32_weight, mm_fp32, row_chunks
@@ -39,6 +39,23 @@ def auto_chunk_size(rows: int, student_vocab: int, teacher_vocab: int, device: t
         per_row = 4 * max(student_vocab, teacher_vocab)
         budget = CPU_LOGITS_BUDGET
     return max(1, min(rows, budget // per_row))
+
+
+def _check_labels_on_host(labels: torch.Tensor, row_scale: torch.Tensor, vocab: int) -> None:
+    bad = ((labels < 0) | (labels >= vocab)) & (row_scale != 0)  # ignored rows have row_scale 0
+    if bool(bad.any()):
+        raise ValueError(f"labels must lie in [0, V) = [0, {vocab}) or equal ignore_index for the hard loss, "
+                         f"got {labels[bad][0].item()}")
+
+
+def _row_kernel_in_place(logits, teacher_logits, row_scale, row_loss, labels, hard_weight, kind, param, inv_t):
+    """The f_divergence row kernel with grad = the student's logits: they become dL/dlogits in place."""
+    rows, vocab_s = logits.shape
+    _run(logits.device, lambda on_cuda, stream: _C.f_divergence(
+        ptr(logits), ptr(teacher_logits), DTYPE_CODES[logits.dtype], rows, vocab_s, teacher_logits.shape[1], False,
+        inv_t, kind, param, ptr(row_scale), ptr(row_loss), ptr(logits), ptr(labels),
+        hard_weight if labels is not None else 0.0, num_threads(), on_cuda, stream,
+    ))
 
 
 def _accumulate_weight_grad(grad_weight: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> None:
@@ -76,6 +93,8 @@ def _fused_op(
     row_scale = row_scale.to(acc).contiguous()
     hard = labels is not None and hard_weight != 0.0
     labels = labels.contiguous() if hard else None
+    if hard and labels.device.type == "cpu":  # free on the host (and opaque to torch.compile here)
+        _check_labels_on_host(labels, row_scale, vocab_s)
     row_loss = student_hidden.new_empty(rows, dtype=acc)
     grad_hidden = torch.empty(student_hidden.shape, dtype=student_hidden.dtype, device=student_hidden.device)
     # fp32 accumulators (the gradient's own tensor for fp32/fp64 weights): a 16-bit (V, H) weight costs one
@@ -88,11 +107,8 @@ def _fused_op(
         logits = chunk_logits(h, w_s, student_bias)  # (n, V) fp32 (fp64): becomes the gradient in place
         with torch.no_grad():
             teacher_logits = chunk_logits(teacher_hidden[start:end], w_t, teacher_bias).to(logits.dtype)
-        _run(logits.device, lambda on_cuda, stream: _C.f_divergence(
-            ptr(logits), ptr(teacher_logits), DTYPE_CODES[logits.dtype], end - start, vocab_s, vocab_t, False,
-            inv_temperature, kind, param, ptr(row_scale[start:end]), ptr(row_loss[start:end]), ptr(logits),
-            ptr(labels[start:end]) if hard else 0, hard_weight, num_threads(), on_cuda, stream,
-        ))
+        _row_kernel_in_place(logits, teacher_logits, row_scale[start:end], row_loss[start:end],
+                             labels[start:end] if hard else None, hard_weight, kind, param, inv_temperature)
         del teacher_logits
         grad_logits = logits  # now dL/dlogits of this chunk
         if student_bias is not None:
@@ -138,7 +154,7 @@ def _backward(ctx, grad_loss, *_unused):
     # forward. Traced, or float64 (gradcheck's repeated backward): out of place.
     nones = (None,) * 11
     if grad_loss is None:
-        return (None, None, None) + nones
+        return (None, None, None, *nones)
     if ctx.backward_done and ctx.scale_in_place:
         raise RuntimeError("fdiv_ops.fused_linear_f_divergence: backward ran twice through the same graph "
                            "(retain_graph=True); the gradients are scaled in place, recompute the loss instead")
@@ -154,7 +170,8 @@ def _backward(ctx, grad_loss, *_unused):
         scale(grad_hidden),
         scale(grad_weight) if ctx.weight_grad else None,
         scale(grad_bias) if ctx.has_bias else None,
-    ) + nones
+        *nones,
+    )
 
 
 _fused_op.register_autograd(_backward, setup_context=_setup_context)
@@ -216,11 +233,6 @@ def _validate(student_hidden, student_weight, teacher_hidden, teacher_weight, st
             raise ValueError(f"labels must have the leading shape of student_hidden {tuple(leading)}, "
                              f"got {tuple(labels.shape)}")
         check_same("labels", labels, "student_hidden", student_hidden, shape=False, dtype=False)
-        if hard_loss_weight > 0 and labels.device.type == "cpu":  # free on the host; CUDA rows go NaN instead
-            bad = ((labels < 0) | (labels >= vocab_s)) & (labels != ignore_index)
-            if bool(bad.any()):
-                raise ValueError(f"labels must lie in [0, V) = [0, {vocab_s}) or equal ignore_index "
-                                 f"({ignore_index}) for the hard loss, got {labels[bad][0].item()}")
     elif hard_loss_weight > 0:
         raise ValueError("labels are required when hard_loss_weight > 0 (the cross-entropy needs targets)")
     if num_items_in_batch is not None and not isinstance(num_items_in_batch, torch.Tensor):
