@@ -232,6 +232,23 @@ def test_row_kernel_may_write_the_gradient_over_the_student(dtype, vocabs, hard,
     assert not torch.equal(grad, student)
 
 
+def test_frozen_hidden_and_no_grad_mode():
+    inputs, labels = _inputs(torch.float64)
+    weight = inputs["student_weight"].clone().requires_grad_()
+    loss = fdiv_ops.fused_linear_f_divergence(inputs["student_hidden"], weight, inputs["teacher_hidden"],
+                                              inputs["teacher_weight"], student_bias=inputs["student_bias"],
+                                              teacher_bias=inputs["teacher_bias"], labels=labels, chunk_size=4)
+    loss.backward()
+    want_loss, want = _run_reference(inputs, labels=labels)
+    _close(weight.grad, want["student_weight"], torch.float64)
+    with torch.no_grad():
+        loss = fdiv_ops.fused_linear_f_divergence(inputs["student_hidden"], weight, inputs["teacher_hidden"],
+                                                  inputs["teacher_weight"], student_bias=inputs["student_bias"],
+                                                  teacher_bias=inputs["teacher_bias"], labels=labels)
+    _close(loss, want_loss, torch.float64)
+    assert not loss.requires_grad
+
+
 def test_module_matches_function():
     inputs, labels = _inputs(torch.float64)
     module = fdiv_ops.FusedLinearFDivergenceLoss("js", temperature=2.0, hard_loss_weight=0.5, chunk_size=4)
@@ -261,10 +278,11 @@ def test_opcheck():
     for name in STUDENT:
         inputs[name].requires_grad_()
     # float64 scales the saved gradients out of place, so every check runs; float32 scales in place.
-    torch.library.opcheck(_fused_op, (*args, row_scale, labels.clamp_min(0), 0.5, 2, 0.0, 0.5, 2, True))
-    torch.library.opcheck(_fused_op, (*args, row_scale, None, 0.0, 0, 0.0, 1.0, 0, True))
+    torch.library.opcheck(_fused_op, (*args, row_scale, labels.clamp_min(0), 0.5, 2, 0.0, 0.5, 2, True, True))
+    torch.library.opcheck(_fused_op, (*args, row_scale, None, 0.0, 0, 0.0, 1.0, 0, True, True))
+    torch.library.opcheck(_fused_op, (*args, row_scale, None, 0.0, 0, 0.0, 1.0, 0, False, True))
     args32 = [a.detach().float().requires_grad_() for a in args]
-    torch.library.opcheck(_fused_op, (*args32, row_scale.float(), None, 0.0, 0, 0.0, 1.0, 3, True),
+    torch.library.opcheck(_fused_op, (*args32, row_scale.float(), None, 0.0, 0, 0.0, 1.0, 3, True, True),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
