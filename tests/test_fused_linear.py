@@ -351,3 +351,26 @@ def test_bad_input_names_the_argument(make, error, message):
     inputs, labels = _inputs(torch.float64)
     with pytest.raises(error, match=message):
         make(inputs, labels)
+
+
+def test_gradcheck_float64():
+    inputs, labels = _inputs(torch.float64, rows=5, h_s=4, h_t=3, v_s=9, v_t=11)
+    leaves = _leaves(inputs)
+
+    def loss(hs, ws, bs):
+        return fdiv_ops.fused_linear_f_divergence(hs, ws, inputs["teacher_hidden"], inputs["teacher_weight"],
+                                                  student_bias=bs, teacher_bias=inputs["teacher_bias"],
+                                                  labels=labels, divergence="js", temperature=1.5,
+                                                  hard_loss_weight=0.4, chunk_size=2)
+
+    assert torch.autograd.gradcheck(loss, (leaves["student_hidden"], leaves["student_weight"],
+                                           leaves["student_bias"]))
+
+
+def test_non_contiguous_shifted_hidden_states(device):
+    # what a causal-LM recipe passes: hidden[:, :-1] of a (B, T, H) tensor, labels[:, 1:]
+    inputs, labels = _inputs(torch.float64, device, lead=(2, 6))
+    shifted = {k: (v[:, :-1] if k.endswith("hidden") else v) for k, v in inputs.items()}
+    assert not shifted["student_hidden"].is_contiguous()
+    got = _run_fused(shifted, labels=labels[:, 1:], hard_loss_weight=0.3, chunk_size=3)
+    _assert_same(got, _run_reference(shifted, labels=labels[:, 1:], hard_loss_weight=0.3), torch.float64)
