@@ -10,7 +10,8 @@
 // Optional hard term (labels != nullptr): the student's cross-entropy on label y_r at temperature 1, added
 // with weight w = hard_weight:  loss_r += w (LSE(z) - z_y),  grad_rj += row_scale_r w (softmax(z)_j - [j=y]).
 // LSE(z) is the temperature-1 log-sum-exp (a second one in pass 1 when T != 1). A label outside [0, Vs)
-// makes its row's loss and gradient NaN (Python rejects them first where that costs no host sync).
+// makes its row's loss and gradient NaN (Python rejects them first where that costs no host sync). A row
+// that is all -inf on either side still gives 0 and 0, the hard term included.
 // In place: grad may equal student (same dtype and shape): every pass reads z_j before the last pass
 // writes g_j, element by element, on CPU and CUDA (the fused-linear op relies on it).
 // The top-k form replaces the teacher row by (indices, logprobs) of k entries: the divergence between

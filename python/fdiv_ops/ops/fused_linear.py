@@ -297,7 +297,10 @@ def fused_linear_f_divergence(
     16-bit-in / fp32-out GEMM). Gradients (student_hidden, student_weight, student_bias) are computed in
     forward and saved, so memory for them is held from forward to backward; backward only scales them by
     grad_output. The gradient GEMMs of student_hidden / student_weight are skipped when it does not
-    require grad (or grad mode is off). Returns a
+    require grad (or grad mode is off). On CUDA with 16-bit weights, dL/dlogits (fp32 from the kernel) is
+    rounded to the weight's dtype for the two gradient GEMMs (fp32 accumulation), as the 16-bit GEMMs of an
+    unfused backward would; the logits themselves never are. chunk_size=None queries cudaMemGetInfo
+    inside the op; under CUDA-graph capture pass chunk_size explicitly. Returns a
     0-dim float32 loss (float64 for float64 inputs). reduction="none" is not offered: a per-row
     grad_output cannot be applied to a gradient already summed over rows (grad_weight).
     """
