@@ -58,12 +58,26 @@ def _row_kernel_in_place(logits, teacher_logits, row_scale, row_loss, labels, ha
     ))
 
 
+_addmm_out_dtype_works: bool | None = None  # CUDA addmm(fp32 self, 16-bit mats, out_dtype): None = untried
+
+
 def _accumulate_weight_grad(grad_weight: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> None:
-    """grad_weight (fp32/fp64) += g^T h without a (V, H) temporary."""
+    """grad_weight (fp32/fp64) += g^T h, without a (V, H) temporary where torch allows it."""
+    global _addmm_out_dtype_works
     if g.dtype == h.dtype == grad_weight.dtype:
         grad_weight.addmm_(g.t(), h)
     elif g.device.type == "cuda" and g.dtype == h.dtype:
-        torch.addmm(grad_weight, g.t(), h, out_dtype=grad_weight.dtype, out=grad_weight)
+        # 16-bit GEMM accumulating into the fp32 gradient. torch versions differ on whether addmm's out_dtype
+        # form accepts an fp32 `self` with 16-bit matrices (its checks run before any compute); where it does
+        # not, fall back to a fp32 (V, H) temporary per chunk.
+        if _addmm_out_dtype_works is not False:
+            try:
+                torch.addmm(grad_weight, g.t(), h, out_dtype=grad_weight.dtype, out=grad_weight)
+                _addmm_out_dtype_works = True
+                return
+            except (RuntimeError, TypeError):
+                _addmm_out_dtype_works = False
+        grad_weight += mm_fp32(g.t(), h)
     else:
         grad_weight.addmm_(g.t().to(grad_weight.dtype), h.to(grad_weight.dtype))
 
