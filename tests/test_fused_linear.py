@@ -345,6 +345,8 @@ def _with(i, **changes):
         (lambda i, y: _call(_with(i, student_weight=i["student_weight"].float())), TypeError, "student_weight must"),
         (lambda i, y: _call(_with(i, teacher_weight=i["teacher_weight"].float())), TypeError, "teacher_weight must"),
         (lambda i, y: _call(_with(i, student_hidden=i["student_hidden"].long())), TypeError, "student_hidden must"),
+        (lambda i, y: _call(_with(i, teacher_hidden=i["teacher_hidden"].to("meta"))), ValueError,
+         "teacher_hidden must be on a CPU or CUDA device"),
     ],
 )
 def test_bad_input_names_the_argument(make, error, message):
