@@ -13,11 +13,13 @@ void bind_f_divergence(py::module_& m) {
   m.def("f_divergence",
         [](std::uintptr_t student, std::uintptr_t teacher, int dtype, int64_t rows, int64_t student_vocab,
            int64_t teacher_vocab, bool teacher_is_logprobs, double inv_temperature, int kind, double param,
-           std::uintptr_t row_scale, std::uintptr_t row_loss, std::uintptr_t grad, int num_threads, bool on_cuda,
-           std::uintptr_t stream) {
+           std::uintptr_t row_scale, std::uintptr_t row_loss, std::uintptr_t grad, std::uintptr_t labels,
+           double hard_weight, int num_threads, bool on_cuda, std::uintptr_t stream) {
+          // grad may equal student (in place); labels = 0 means no hard term
           FDivergenceArgs a{ptr<const void>(student), ptr<const void>(teacher), dtype_from_int(dtype), rows,
                             student_vocab, teacher_vocab, teacher_is_logprobs, inv_temperature, spec(kind, param),
-                            ptr<const void>(row_scale), ptr<void>(row_loss), ptr<void>(grad)};
+                            ptr<const void>(row_scale), ptr<void>(row_loss), ptr<void>(grad),
+                            ptr<const int64_t>(labels), hard_weight};
           run_on_device(on_cuda, stream, [&] { f_divergence_cpu(a, num_threads); },
                         FDIV_CUDA_FN(f_divergence_cuda(a, cuda_stream)));
         });

@@ -5,6 +5,9 @@
 //   pass 2   loss = sum q f(p/q), S = sum q psi(p/q) over the kept entries (categorical forms of
 //            divergences.h, evaluated with the vectorised exp/log of vec_math.h)
 //   pass 3   grad_j = scale/T (qpsi_j - q_j S), written once in the student's dtype
+//   hard term (labels given): + w (LSE_1(z) - z_y) in the loss and + scale w (softmax(z)_j - [j=y]) in
+//            pass 3; LSE_1 at temperature 1 is one more max/sum pass over z only when T != 1
+// Pass 3 reads z_j before writing g_j, per element, so grad may alias the student row (fused-linear op).
 // Bytes moved per row: pass 1 reads z and t twice, pass 2 once, pass 3 reads z and t and writes the
 // gradient; a 32000-entry fp32 row pair is 256 KB, so the re-reads come from L2, and DRAM sees about
 // one read of each input and one write of the gradient. Nothing (rows x V) is allocated.
@@ -70,6 +73,34 @@ template <typename T, typename A> FDIV_INLINE RowLse<A> row_lse(const T* x, int6
   return {ms, M::log(sum)};
 }
 
+// Pass 3 of a dense row: g_j = coef (qpsi_j [kept] - q_j S) (+ hard_coef (softmax(z)_j - [j = y])).
+// Each iteration reads z_j and t_j before it writes g_j and touches no other entry, so g may alias z.
+template <typename T, typename Div, bool kHard>
+FDIV_INLINE void dense_grad(const T* z, const T* t, T* g, int64_t Vc, int64_t Vs, RowLse<acc_t<T>> lse_z,
+                            RowLse<acc_t<T>> lse_t, RowLse<acc_t<T>> lse_1, acc_t<T> inv_t, acc_t<T> t_scale,
+                            acc_t<T> param, acc_t<T> coef, acc_t<T> s, acc_t<T> hard_coef, int64_t y) {
+  using A = acc_t<T>;
+#pragma omp simd
+  for (int64_t j = 0; j < Vc; ++j) {
+    const A zj = static_cast<A>(to_float(z[j]));
+    const A lq = lse_z.log_prob(zj * inv_t);
+    const A lp = lse_t.log_prob(static_cast<A>(to_float(t[j])) * t_scale);
+    const bool drop = (lq == kNegInf<A>) | (lp == kNegInf<A>);
+    const A qpsi = finite(Div::template qpsi<M>(lq, lp, param));  // computed unconditionally: no branch
+    A gj = coef * ((drop ? A(0) : qpsi) - M::exp(lq) * s);
+    if constexpr (kHard) gj += hard_coef * (M::exp(lse_1.log_prob(zj)) - (j == y ? A(1) : A(0)));
+    g[j] = cpu::from_float<T>(gj);
+  }
+  // Student entries past the teacher's vocabulary: the teacher is -inf there, the entry is dropped.
+#pragma omp simd
+  for (int64_t j = Vc; j < Vs; ++j) {
+    const A zj = static_cast<A>(to_float(z[j]));
+    A gj = -coef * M::exp(lse_z.log_prob(zj * inv_t)) * s;
+    if constexpr (kHard) gj += hard_coef * (M::exp(lse_1.log_prob(zj)) - (j == y ? A(1) : A(0)));
+    g[j] = cpu::from_float<T>(gj);
+  }
+}
+
 template <typename T, typename Div>
 FDIV_INLINE void dense_row(const FDivergenceArgs& a, int64_t r, DivergenceSpec spec) {
   using A = acc_t<T>;
@@ -90,6 +121,18 @@ FDIV_INLINE void dense_row(const FDivergenceArgs& a, int64_t r, DivergenceSpec s
     for (int64_t j = 0; j < Vs; ++j) g[j] = cpu::from_float<T>(A(0));
     return;
   }
+  // The hard term: CE at temperature 1, so a second LSE when T != 1; z_y is read before pass 3 (in place).
+  const bool hard = a.labels != nullptr;
+  const int64_t y = hard ? a.labels[r] : -1;
+  if (hard && (y < 0 || y >= Vs)) {  // loud NaN rather than a read out of bounds
+    const A nan = std::numeric_limits<A>::quiet_NaN();
+    *loss_out = nan;
+    for (int64_t j = 0; j < Vs; ++j) g[j] = cpu::from_float<T>(nan);
+    return;
+  }
+  const RowLse<A> lse_1 = !hard ? dead : (inv_t == A(1) ? lse_z : row_lse(z, Vs, A(1)));
+  const A hard_w = A(a.hard_weight);
+  const A ce = hard ? -lse_1.log_prob(static_cast<A>(to_float(z[y]))) : A(0);
 
   A loss = 0, s = 0;
 #pragma omp simd reduction(+ : loss, s)
@@ -105,21 +148,11 @@ FDIV_INLINE void dense_row(const FDivergenceArgs& a, int64_t r, DivergenceSpec s
   s = finite(s);
 
   const A coef = scale * inv_t;
-#pragma omp simd
-  for (int64_t j = 0; j < Vc; ++j) {
-    const A lq = lse_z.log_prob(static_cast<A>(to_float(z[j])) * inv_t);
-    const A lp = lse_t.log_prob(static_cast<A>(to_float(t[j])) * t_scale);
-    const bool drop = (lq == kNegInf<A>) | (lp == kNegInf<A>);
-    const A qpsi = finite(Div::template qpsi<M>(lq, lp, param));  // computed unconditionally: no branch
-    g[j] = cpu::from_float<T>(coef * ((drop ? A(0) : qpsi) - M::exp(lq) * s));
-  }
-  // Student entries past the teacher's vocabulary: the teacher is -inf there, the entry is dropped.
-#pragma omp simd
-  for (int64_t j = Vc; j < Vs; ++j) {
-    const A lq = lse_z.log_prob(static_cast<A>(to_float(z[j])) * inv_t);
-    g[j] = cpu::from_float<T>(-coef * M::exp(lq) * s);
-  }
-  *loss_out = scale * loss;
+  if (hard)
+    dense_grad<T, Div, true>(z, t, g, Vc, Vs, lse_z, lse_t, lse_1, inv_t, t_scale, param, coef, s, scale * hard_w, y);
+  else
+    dense_grad<T, Div, false>(z, t, g, Vc, Vs, lse_z, lse_t, lse_1, inv_t, t_scale, param, coef, s, A(0), y);
+  *loss_out = scale * (hard ? loss + hard_w * ce : loss);
 }
 
 template <typename T, typename Div>

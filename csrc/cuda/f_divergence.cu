@@ -6,6 +6,9 @@
 //   pass 2   loss = sum q f(p/q) and S = sum q psi(p/q) over the kept entries (categorical forms of
 //            divergences.h), CUB block sum
 //   pass 3   grad_j = scale/T (qpsi_j [kept] - q_j S), written once in the student's dtype
+//   hard term (labels given): + w (LSE_1(z) - z_y) in the loss, + scale w (softmax(z)_j - [j=y]) in
+//            pass 3; LSE_1 (temperature 1) costs one more read of z only when T != 1
+// Pass 3 reads each z_j in the thread that then writes g_j, so grad may alias the student (in place).
 // fp32 accumulation for bf16/fp16 (fp64 for fp64). 16-byte loads and stores (Vec16) when the rows are
 // 16-byte aligned, scalar otherwise. Bytes that must move: read z and t three times (passes 2 and 3
 // mostly hit L2: a 128k-entry bf16 row pair is 512 KB) and write the gradient once; no workspace, no
@@ -127,7 +130,9 @@ __global__ __launch_bounds__(kThreads) void dense_kernel(FDivergenceArgs a, Dive
     typename LseReduce::TempStorage lse;
     typename SumReduce::TempStorage sum;
   } tmp;
-  __shared__ A sh_z[2], sh_t[2], sh_s;
+  using OneReduce = cub::BlockReduce<Lse<A>, kThreads>;
+  __shared__ typename OneReduce::TempStorage tmp_one;
+  __shared__ A sh_z[2], sh_t[2], sh_s, sh_one[2];
 
   const int64_t r = blockIdx.x, Vs = a.student_vocab, Vt = a.teacher_vocab, Vc = Vs < Vt ? Vs : Vt;
   const T* z = static_cast<const T*>(a.student) + r * Vs;
@@ -170,6 +175,39 @@ __global__ __launch_bounds__(kThreads) void dense_kernel(FDivergenceArgs a, Dive
   auto log_q = [&](A zv) { return (zv * inv_t - shift_z) - log_sum_z; };
   auto log_p = [&](A tv) { return (tv * t_scale - shift_t) - log_sum_t; };
 
+  // The hard term (uniform over the block): CE at temperature 1, so one more LSE of z when T != 1.
+  const bool hard = a.labels != nullptr;
+  const int64_t y = hard ? a.labels[r] : -1;
+  if (hard && (y < 0 || y >= Vs)) {  // loud NaN rather than a read out of bounds
+    const A nan = A(0) / A(0);
+    for (int64_t j = threadIdx.x; j < Vs; j += kThreads) g[j] = from_acc<T>(nan);
+    if (threadIdx.x == 0) *loss_out = nan;
+    return;
+  }
+  if (hard) {
+    if (inv_t != A(1)) {
+      Lse<A> one{neg_inf<A>(), A(0)};
+      for_each<kVec>(z, Vs, [&](int64_t, A zv) { one.add(zv); });
+      const Lse<A> all1 = OneReduce(tmp_one).Reduce(one, [](const Lse<A>& u, const Lse<A>& v) {
+        return Lse<A>::merge(u, v);
+      });
+      if (threadIdx.x == 0) {
+        sh_one[0] = all1.m;
+        sh_one[1] = flog(all1.s);
+      }
+    } else if (threadIdx.x == 0) {
+      sh_one[0] = shift_z;
+      sh_one[1] = log_sum_z;
+    }
+    __syncthreads();
+  }
+  const A shift_1 = hard ? sh_one[0] : A(0), log_sum_1 = hard ? sh_one[1] : A(0);
+  const A hard_coef = hard ? scale * A(a.hard_weight) : A(0);
+  // + scale w (softmax(z)_j - [j = y]); 0 without labels
+  auto hard_grad = [&](int64_t j, A zv) {
+    return hard ? hard_coef * (fexp((zv - shift_1) - log_sum_1) - (j == y ? A(1) : A(0))) : A(0);
+  };
+
   // Pass 2: loss and S.
   Pair<A> acc{A(0), A(0)};
   for_each2<kVec>(z, t, Vc, [&](int64_t, A zv, A tv) {
@@ -182,12 +220,15 @@ __global__ __launch_bounds__(kThreads) void dense_kernel(FDivergenceArgs a, Dive
   const Pair<A> total = SumReduce(tmp.sum).Sum(acc);
   if (threadIdx.x == 0) {
     sh_s = finite(total.second);
-    *loss_out = scale * total.first;
+    // z_y is read here, before the barrier that precedes pass 3, so an in-place gradient cannot clobber it
+    const A ce = hard ? -((to_acc(z[y]) - shift_1) - log_sum_1) : A(0);
+    *loss_out = scale * (total.first + (hard ? A(a.hard_weight) * ce : A(0)));
   }
   __syncthreads();
   const A s = sh_s, coef = scale * inv_t;
 
-  // Pass 3: the gradient. The teacher is re-read alongside the student over the common range.
+  // Pass 3: the gradient. The teacher is re-read alongside the student over the common range. Each
+  // element is read and written by the same thread, read first, so grad may alias the student row.
   if constexpr (kVec) {
     constexpr int N = Vec16<T>::kN;
     const auto* zv = reinterpret_cast<const Vec16<T>*>(z);
@@ -201,7 +242,7 @@ __global__ __launch_bounds__(kThreads) void dense_kernel(FDivergenceArgs a, Dive
         const A lq = log_q(to_acc(za.v[k])), lp = log_p(to_acc(ta.v[k]));
         const bool drop = is_neg_inf(lq) || is_neg_inf(lp);
         const A qpsi = drop ? A(0) : finite(div_qpsi<StdMath>(spec, lq, lp));
-        out.v[k] = from_acc<T>(coef * (qpsi - fexp(lq) * s));
+        out.v[k] = from_acc<T>(coef * (qpsi - fexp(lq) * s) + hard_grad(v * N + k, to_acc(za.v[k])));
       }
       gv[v] = out;
     }
@@ -210,10 +251,13 @@ __global__ __launch_bounds__(kThreads) void dense_kernel(FDivergenceArgs a, Dive
     const A lq = log_q(to_acc(z[j])), lp = log_p(to_acc(t[j]));
     const bool drop = is_neg_inf(lq) || is_neg_inf(lp);
     const A qpsi = drop ? A(0) : finite(div_qpsi<StdMath>(spec, lq, lp));
-    g[j] = from_acc<T>(coef * (qpsi - fexp(lq) * s));
+    g[j] = from_acc<T>(coef * (qpsi - fexp(lq) * s) + hard_grad(j, to_acc(z[j])));
   }
   // Student entries past the teacher's vocabulary: dropped, only the softmax normalisation remains.
-  for (int64_t j = Vc + threadIdx.x; j < Vs; j += kThreads) g[j] = from_acc<T>(-coef * fexp(log_q(to_acc(z[j]))) * s);
+  for (int64_t j = Vc + threadIdx.x; j < Vs; j += kThreads) {
+    const A zv = to_acc(z[j]);
+    g[j] = from_acc<T>(-coef * fexp(log_q(zv)) * s + hard_grad(j, zv));
+  }
 }
 
 template <typename A> struct TopkSums {

@@ -13,11 +13,12 @@ from .divergences import (
     skew_forward_kl,
     skew_reverse_kl,
 )
-from .nn import FDPG, FDistillLoss, FDivergenceLoss
+from .nn import FDPG, FDistillLoss, FDivergenceLoss, FusedLinearFDivergenceLoss
 from .ops.alignment import f_dpg_loss, f_dpo_loss, group_normalized_advantages
 from .ops.divergence_psi import divergence_terms
 from .ops.f_distill import FDistillResult, f_distill, f_distill_loss
 from .ops.f_divergence import f_divergence_loss
+from .ops.fused_linear import fused_linear_f_divergence
 from .ops.sequence_logprobs import fused_linear_sequence_logprobs, sequence_logprobs
 
 __version__ = "0.1.0"
@@ -29,6 +30,7 @@ __all__ = [
     "FDistillLoss",
     "FDistillResult",
     "FDivergenceLoss",
+    "FusedLinearFDivergenceLoss",
     "alpha",
     "build_info",
     "cuda_available",
@@ -37,6 +39,7 @@ __all__ = [
     "f_distill_loss",
     "f_dpg_loss",
     "f_dpo_loss",
+    "fused_linear_f_divergence",
     "fused_linear_sequence_logprobs",
     "f_divergence_loss",
     "gkd_jsd",

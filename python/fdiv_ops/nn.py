@@ -13,6 +13,7 @@ from .ops.alignment import f_dpg_loss
 from .ops.divergence_psi import divergence_terms
 from .ops.f_distill import compute_weights, f_distill
 from .ops.f_divergence import DEFAULT_MAX_VOCAB_PAD, f_divergence_loss
+from .ops.fused_linear import fused_linear_f_divergence
 
 
 class FDistillLoss(nn.Module):
@@ -286,3 +287,58 @@ class FDivergenceLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"divergence={self.divergence}, temperature={self.temperature}, reduction={self.reduction!r}"
+
+
+class FusedLinearFDivergenceLoss(nn.Module):
+    """fused_linear_f_divergence as a module: distil from hidden states and LM-head weights, the logits
+    never materialised whole.
+
+    The constructor takes the keywords of ``fdiv_ops.fused_linear_f_divergence`` that stay fixed during
+    training (divergence, temperature, ignore_index, hard_loss_weight, reduction, chunk_size,
+    max_vocab_pad); ``forward(student_hidden, student_weight, teacher_hidden, teacher_weight, labels=None, *,
+    student_bias=None, teacher_bias=None, num_items_in_batch=None)``. The loss is additive:
+    soft + hard_loss_weight * CE per counted row (see the function).
+    """
+
+    def __init__(
+        self,
+        divergence: str | Divergence = "forward_kl",
+        *,
+        temperature: float = 1.0,
+        ignore_index: int = -100,
+        hard_loss_weight: float = 0.0,
+        reduction: str = "batchmean",
+        chunk_size: int | None = None,
+        max_vocab_pad: int | None = DEFAULT_MAX_VOCAB_PAD,
+    ) -> None:
+        super().__init__()
+        self.divergence = resolve(divergence)
+        self.temperature = check_positive("temperature", temperature)
+        self.hard_loss_weight = check_positive("hard_loss_weight", hard_loss_weight, allow_zero=True)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.chunk_size = chunk_size
+        self.max_vocab_pad = max_vocab_pad
+
+    def forward(
+        self,
+        student_hidden: torch.Tensor,
+        student_weight: torch.Tensor,
+        teacher_hidden: torch.Tensor,
+        teacher_weight: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        student_bias: torch.Tensor | None = None,
+        teacher_bias: torch.Tensor | None = None,
+        num_items_in_batch=None,
+    ) -> torch.Tensor:
+        return fused_linear_f_divergence(
+            student_hidden, student_weight, teacher_hidden, teacher_weight, student_bias=student_bias,
+            teacher_bias=teacher_bias, labels=labels, divergence=self.divergence, temperature=self.temperature,
+            ignore_index=self.ignore_index, hard_loss_weight=self.hard_loss_weight, reduction=self.reduction,
+            num_items_in_batch=num_items_in_batch, chunk_size=self.chunk_size, max_vocab_pad=self.max_vocab_pad,
+        )
+
+    def extra_repr(self) -> str:
+        return (f"divergence={self.divergence}, temperature={self.temperature}, "
+                f"hard_loss_weight={self.hard_loss_weight}, reduction={self.reduction!r}, chunk_size={self.chunk_size}")

@@ -406,3 +406,36 @@ def trl_generalized_jsd_loss(
     if reduction == "sum":
         return per_entry.sum()
     return per_entry
+
+
+def fused_linear_f_divergence(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    *,
+    student_bias: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    divergence: str | Divergence = "forward_kl",
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    hard_loss_weight: float = 0.0,
+    reduction: str = "batchmean",
+    num_items_in_batch=None,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Eager fused-linear KD with the logits materialised (in the inputs' dtype: float64 in, float64 truth):
+    per counted row, D_f at temperature T plus hard_loss_weight * CE(student, label) at temperature 1,
+    reduced like f_divergence_loss. chunk_size is accepted and ignored (the whole batch is one chunk)."""
+    student_logits = F.linear(student_hidden, student_weight, student_bias)
+    with torch.no_grad():
+        teacher_logits = F.linear(teacher_hidden, teacher_weight, teacher_bias)
+    row = f_divergence_loss(student_logits, teacher_logits, divergence=divergence, temperature=temperature,
+                            reduction="none")
+    if hard_loss_weight:
+        vocab = student_logits.shape[-1]
+        ce = F.cross_entropy(student_logits.reshape(-1, vocab).to(row.dtype), labels.reshape(-1),
+                             ignore_index=ignore_index, reduction="none").reshape(row.shape)
+        row = row + hard_loss_weight * ce
+    return _reduce(row, labels, ignore_index, reduction, num_items_in_batch)

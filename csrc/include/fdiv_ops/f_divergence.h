@@ -7,6 +7,12 @@
 //   loss_r = sum_v q_v f(p_v/q_v),   S_r = sum_v q_v psi(p_v/q_v)          (over kept entries)
 //   grad_rj = row_scale_r / T * (qpsi_j [j kept] - q_j S_r)               (= d(row_scale_r loss_r)/dz_rj)
 //   row_loss_out_r = row_scale_r * loss_r ; row_scale_r = 0 skips the row (loss 0, gradient 0)
+// Optional hard term (labels != nullptr): the student's cross-entropy on label y_r at temperature 1, added
+// with weight w = hard_weight:  loss_r += w (LSE(z) - z_y),  grad_rj += row_scale_r w (softmax(z)_j - [j=y]).
+// LSE(z) is the temperature-1 log-sum-exp (a second one in pass 1 when T != 1). A label outside [0, Vs)
+// makes its row's loss and gradient NaN (Python rejects them first where that costs no host sync).
+// In place: grad may equal student (same dtype and shape): every pass reads z_j before the last pass
+// writes g_j, element by element, on CPU and CUDA (the fused-linear op relies on it).
 // The top-k form replaces the teacher row by (indices, logprobs) of k entries: the divergence between
 // the (k+1)-category distributions {the k tokens, one bucket with the rest of each side's mass}. Its
 // gradient is grad_rj = row_scale_r / T * q_j (psi_c(j) - S_r), c(j) the category of token j.
@@ -29,7 +35,9 @@ struct FDivergenceArgs {
   DivergenceSpec divergence;
   const void* row_scale;       // (rows,) acc dtype: reduction weight of each row (0 = ignored)
   void* row_loss;              // (rows,) acc dtype: row_scale * loss_r
-  void* grad;                  // (rows, Vs) dtype: d(sum_r row_loss_r)/dz
+  void* grad;                  // (rows, Vs) dtype: d(sum_r row_loss_r)/dz; may alias student
+  const int64_t* labels = nullptr;  // (rows,) or nullptr: the hard (cross-entropy) term's targets
+  double hard_weight = 0.0;    // w of the hard term (used only with labels)
 };
 
 struct FDivergenceTopkArgs {

@@ -46,7 +46,7 @@ def _dense_op(
     grad = torch.empty_like(student)
     _run(student.device, lambda on_cuda, stream: _C.f_divergence(
         ptr(student), ptr(teacher), DTYPE_CODES[student.dtype], rows, student_vocab, teacher.shape[1],
-        teacher_is_logprobs, inv_temperature, kind, param, ptr(row_scale), ptr(row_loss), ptr(grad),
+        teacher_is_logprobs, inv_temperature, kind, param, ptr(row_scale), ptr(row_loss), ptr(grad), 0, 0.0,
         num_threads(), on_cuda, stream,
     ))
     return row_loss, grad
