@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .. import _C
-from .._backend import DTYPE_CODES, acc_dtype, device_args, num_threads, ptr
+from .._backend import DTYPE_CODES, acc_dtype, num_threads, ptr
 from .._validation import check_choice, check_float_tensor, check_positive, check_same
 from ..divergences import Divergence, resolve
 from ._chunking import chunk_logits, fp32_weight, mm_fp32, row_chunks
@@ -39,6 +39,23 @@ def auto_chunk_size(rows: int, student_vocab: int, teacher_vocab: int, device: t
         per_row = 4 * max(student_vocab, teacher_vocab)
         budget = CPU_LOGITS_BUDGET
     return max(1, min(rows, budget // per_row))
+
+
+def _check_labels_on_host(labels: torch.Tensor, row_scale: torch.Tensor, vocab: int) -> None:
+    bad = ((labels < 0) | (labels >= vocab)) & (row_scale != 0)  # ignored rows have row_scale 0
+    if bool(bad.any()):
+        raise ValueError(f"labels must lie in [0, V) = [0, {vocab}) or equal ignore_index for the hard loss, "
+                         f"got {labels[bad][0].item()}")
+
+
+def _row_kernel_in_place(logits, teacher_logits, row_scale, row_loss, labels, hard_weight, kind, param, inv_t):
+    """The f_divergence row kernel with grad = the student's logits: they become dL/dlogits in place."""
+    rows, vocab_s = logits.shape
+    _run(logits.device, lambda on_cuda, stream: _C.f_divergence(
+        ptr(logits), ptr(teacher_logits), DTYPE_CODES[logits.dtype], rows, vocab_s, teacher_logits.shape[1], False,
+        inv_t, kind, param, ptr(row_scale), ptr(row_loss), ptr(logits), ptr(labels),
+        hard_weight if labels is not None else 0.0, num_threads(), on_cuda, stream,
+    ))
 
 
 def _accumulate_weight_grad(grad_weight: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> None:
@@ -66,6 +83,7 @@ def _fused_op(
     param: float,
     inv_temperature: float,
     chunk_size: int,
+    hidden_grad: bool,
     weight_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     rows = student_hidden.shape[0]
@@ -76,8 +94,12 @@ def _fused_op(
     row_scale = row_scale.to(acc).contiguous()
     hard = labels is not None and hard_weight != 0.0
     labels = labels.contiguous() if hard else None
+    if hard and labels.device.type == "cpu":  # free on the host (and opaque to torch.compile here)
+        _check_labels_on_host(labels, row_scale, vocab_s)
     row_loss = student_hidden.new_empty(rows, dtype=acc)
-    grad_hidden = torch.empty(student_hidden.shape, dtype=student_hidden.dtype, device=student_hidden.device)
+    # a gradient nobody asked for (frozen weight, eval under no_grad) skips its GEMM: an empty tensor
+    grad_hidden = torch.empty(student_hidden.shape if hidden_grad else (0,), dtype=student_hidden.dtype,
+                              device=student_hidden.device)
     # fp32 accumulators (the gradient's own tensor for fp32/fp64 weights): a 16-bit (V, H) weight costs one
     # extra V x H x 4 bytes here, plus the final cast
     grad_weight = torch.zeros(student_weight.shape if weight_grad else (0,), dtype=acc, device=student_weight.device)
@@ -88,19 +110,16 @@ def _fused_op(
         logits = chunk_logits(h, w_s, student_bias)  # (n, V) fp32 (fp64): becomes the gradient in place
         with torch.no_grad():
             teacher_logits = chunk_logits(teacher_hidden[start:end], w_t, teacher_bias).to(logits.dtype)
-        _run(logits.device, lambda on_cuda, stream: _C.f_divergence(
-            ptr(logits), ptr(teacher_logits), DTYPE_CODES[logits.dtype], end - start, vocab_s, vocab_t, False,
-            inv_temperature, kind, param, ptr(row_scale[start:end]), ptr(row_loss[start:end]), ptr(logits),
-            ptr(labels[start:end]) if hard else 0, hard_weight, num_threads(), on_cuda, stream,
-        ))
+        _row_kernel_in_place(logits, teacher_logits, row_scale[start:end], row_loss[start:end],
+                             labels[start:end] if hard else None, hard_weight, kind, param, inv_temperature)
         del teacher_logits
         grad_logits = logits  # now dL/dlogits of this chunk
         if student_bias is not None:
             grad_bias += grad_logits.sum(0)
         g = grad_logits if w_s.dtype == grad_logits.dtype else grad_logits.to(w_s.dtype)  # CUDA 16-bit GEMMs
-        if g.dtype == grad_hidden.dtype:
+        if hidden_grad and g.dtype == grad_hidden.dtype:
             torch.mm(g, w_s, out=grad_hidden[start:end])
-        else:
+        elif hidden_grad:
             grad_hidden[start:end] = mm_fp32(g, w_s)
         if weight_grad:
             _accumulate_weight_grad(grad_weight, g, h)
@@ -111,11 +130,12 @@ def _fused_op(
 
 @_fused_op.register_fake
 def _(student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias, row_scale, labels,
-      hard_weight, kind, param, inv_temperature, chunk_size, weight_grad):
+      hard_weight, kind, param, inv_temperature, chunk_size, hidden_grad, weight_grad):
     acc = acc_dtype(student_hidden.dtype)
     return (
         student_hidden.new_empty((), dtype=acc),
-        torch.empty(student_hidden.shape, dtype=student_hidden.dtype, device=student_hidden.device),
+        torch.empty(student_hidden.shape if hidden_grad else (0,), dtype=student_hidden.dtype,
+                    device=student_hidden.device),
         student_weight.new_empty(student_weight.shape if weight_grad else (0,)),
         student_weight.new_empty(student_weight.shape[0] if student_bias is not None else 0),
     )
@@ -127,7 +147,7 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(grad_hidden, grad_weight, grad_bias)
     ctx.set_materialize_grads(False)
     ctx.has_bias = inputs[2] is not None
-    ctx.weight_grad = inputs[13]
+    ctx.hidden_grad, ctx.weight_grad = inputs[13], inputs[14]
     ctx.backward_done = False
     ctx.scale_in_place = grad_hidden.dtype != torch.float64
 
@@ -136,9 +156,9 @@ def _backward(ctx, grad_loss, *_unused):
     # The gradients were formed in forward; scale them by grad_output (a 0-dim device tensor) on the device.
     # Eager: in place, as f_divergence_loss does (no second copy of a V x H gradient), hence one backward per
     # forward. Traced, or float64 (gradcheck's repeated backward): out of place.
-    nones = (None,) * 11
+    nones = (None,) * 12
     if grad_loss is None:
-        return (None, None, None) + nones
+        return (None, None, None, *nones)
     if ctx.backward_done and ctx.scale_in_place:
         raise RuntimeError("fdiv_ops.fused_linear_f_divergence: backward ran twice through the same graph "
                            "(retain_graph=True); the gradients are scaled in place, recompute the loss instead")
@@ -151,10 +171,11 @@ def _backward(ctx, grad_loss, *_unused):
         return grad.mul_(factor) if in_place else grad * factor
 
     return (
-        scale(grad_hidden),
+        scale(grad_hidden) if ctx.hidden_grad else None,
         scale(grad_weight) if ctx.weight_grad else None,
         scale(grad_bias) if ctx.has_bias else None,
-    ) + nones
+        *nones,
+    )
 
 
 _fused_op.register_autograd(_backward, setup_context=_setup_context)
@@ -216,11 +237,6 @@ def _validate(student_hidden, student_weight, teacher_hidden, teacher_weight, st
             raise ValueError(f"labels must have the leading shape of student_hidden {tuple(leading)}, "
                              f"got {tuple(labels.shape)}")
         check_same("labels", labels, "student_hidden", student_hidden, shape=False, dtype=False)
-        if hard_loss_weight > 0 and labels.device.type == "cpu":  # free on the host; CUDA rows go NaN instead
-            bad = ((labels < 0) | (labels >= vocab_s)) & (labels != ignore_index)
-            if bool(bad.any()):
-                raise ValueError(f"labels must lie in [0, V) = [0, {vocab_s}) or equal ignore_index "
-                                 f"({ignore_index}) for the hard loss, got {labels[bad][0].item()}")
     elif hard_loss_weight > 0:
         raise ValueError("labels are required when hard_loss_weight > 0 (the cross-entropy needs targets)")
     if num_items_in_batch is not None and not isinstance(num_items_in_batch, torch.Tensor):
@@ -280,7 +296,8 @@ def fused_linear_f_divergence(
     e.g. 2.1 GB for 128256 x 4096) and, on the CPU, fp32 copies of both weights (the CPU has no
     16-bit-in / fp32-out GEMM). Gradients (student_hidden, student_weight, student_bias) are computed in
     forward and saved, so memory for them is held from forward to backward; backward only scales them by
-    grad_output. The weight-gradient GEMM is skipped when student_weight does not require grad. Returns a
+    grad_output. The gradient GEMMs of student_hidden / student_weight are skipped when it does not
+    require grad (or grad mode is off). Returns a
     0-dim float32 loss (float64 for float64 inputs). reduction="none" is not offered: a per-row
     grad_output cannot be applied to a gradient already summed over rows (grad_weight).
     """
@@ -297,10 +314,13 @@ def fused_linear_f_divergence(
     hidden_t = teacher_hidden.detach().reshape(rows, teacher_hidden.shape[-1])
     hard = hard_loss_weight > 0
     flat_labels = labels.reshape(rows).long() if hard else None
-    weight_grad = bool(student_weight.requires_grad) and torch.is_grad_enabled()
+    grad_on = torch.is_grad_enabled()
+    hidden_grad = grad_on and bool(student_hidden.requires_grad)
+    weight_grad = grad_on and bool(student_weight.requires_grad)
     loss, *_ = _fused_op(
         hidden_s, student_weight, student_bias, hidden_t, teacher_weight.detach(),
         None if teacher_bias is None else teacher_bias.detach(), row_scale, flat_labels, hard_loss_weight,
-        div.kernel_id, div.kernel_param, 1.0 / temperature, 0 if chunk_size is None else chunk_size, weight_grad,
+        div.kernel_id, div.kernel_param, 1.0 / temperature, 0 if chunk_size is None else chunk_size, hidden_grad,
+        weight_grad,
     )
     return loss
