@@ -130,7 +130,10 @@ def kd_trainer_class():
             with torch.no_grad():
                 teacher_hidden = last_hidden(self.teacher, input_ids)
             student_hidden = last_hidden(model, input_ids)
-            # every position is a KD row: both models predict the next token there, so no shift and no labels
+            # every position is a KD row: both models predict the next token there, so no shift and no labels.
+            # Without labels the Trainer passes num_items_in_batch=None; "batchmean" over the step's rows is
+            # then right because this example does not accumulate gradients (with accumulation and labels,
+            # pass num_items_in_batch on, as the top-level README's recipe does)
             loss = fdiv_ops.fused_linear_f_divergence(
                 student_hidden, model.lm_head.weight, teacher_hidden, self.teacher.lm_head.weight,
                 divergence=self.divergence, chunk_size=self.chunk_size,
