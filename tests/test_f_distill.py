@@ -163,6 +163,21 @@ def test_opcheck():
     torch.library.opcheck(_weights_op, (logits, None, False, 10.0, 0.1, 20.0, 2, 0.0))
 
 
+def test_eager_fast_path_equals_the_registered_op():
+    from fdiv_ops.ops.f_distill import _FDistillEager, _f_distill_op
+
+    x, t, f, logits = _inputs((3, 4, 5))
+    js = fdiv_ops.resolve("js")
+    rest = (t, f, logits, None, None, js.kernel_id, 0.0, 10.0, 0.1, 20.0, True, 1e-6, "mean")
+    grads = []
+    for fn in (_FDistillEager.apply, _f_distill_op):
+        xg = x.clone().requires_grad_()
+        out = fn(xg, *rest)
+        (out[0] * 3.0).backward()
+        grads.append((out[0].detach(), xg.grad))
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
 def test_torch_compile_fullgraph():
     x, t, f, logits = _inputs((4, 3, 8))
 

@@ -54,8 +54,7 @@ def _(logits, ratio_divisor, double_precision, logit_clamp, ratio_lo, ratio_hi, 
     return logits.new_empty(batch, dtype=dtype), logits.new_empty(batch, dtype=dtype), logits.new_empty(2, dtype=dtype)
 
 
-@torch.library.custom_op("fdiv_ops::f_distill", mutates_args=())
-def _f_distill_op(
+def _f_distill_impl(
     x: torch.Tensor,
     teacher_x0: torch.Tensor,
     fake_x0: torch.Tensor,
@@ -106,6 +105,9 @@ def _f_distill_op(
     return loss, grad, normalizer, weight, ratio
 
 
+_f_distill_op = torch.library.custom_op("fdiv_ops::f_distill", mutates_args=())(_f_distill_impl)
+
+
 @_f_distill_op.register_fake
 def _(x, teacher_x0, fake_x0, disc_logits, ratio_divisor, global_h_stats, *args):
     acc = acc_dtype(x.dtype)
@@ -144,6 +146,30 @@ def _backward(ctx, grad_loss, *_unused_grads):
 
 
 _f_distill_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _FDistillEager(torch.autograd.Function):
+    """The eager fast path: the custom op's own implementation, context and backward, without
+    torch.library's dispatch and autograd layers (~100 us a call, measured: 37% of a 64x4x64x64 fp32
+    forward+backward on the CPU). Traced calls (torch.compile, AOT autograd, fake tensors) take the
+    registered op, which is what opcheck and torch.compile see."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        output = _f_distill_impl(*args)
+        _setup_context(ctx, args, output)
+        return output
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return _backward(ctx, *grads)
+
+
+def _call_f_distill(*args):
+    traced = torch.compiler.is_compiling() or any(
+        isinstance(a, torch.Tensor) and type(a) not in (torch.Tensor, torch.nn.Parameter) for a in args
+    )
+    return _f_distill_op(*args) if traced else _FDistillEager.apply(*args)
 
 
 class FDistillResult(NamedTuple):
@@ -225,7 +251,7 @@ def f_distill(
             disc_logits, div, x.dtype == torch.float64, logit_clamp, lo, hi, ratio_divisor
         )
         dist.all_reduce(global_h_stats, group=process_group)  # [sum h, count] over every rank
-    loss, _, normalizer, weight, ratio = _f_distill_op(
+    loss, _, normalizer, weight, ratio = _call_f_distill(
         x, teacher_x0, fake_x0, disc_logits, ratio_divisor, global_h_stats, div.kernel_id, div.kernel_param,
         logit_clamp, lo, hi, normalize, eps, reduction,
     )
