@@ -164,7 +164,7 @@ def test_opcheck():
 
 
 def test_eager_fast_path_equals_the_registered_op():
-    from fdiv_ops.ops.f_distill import _FDistillEager, _f_distill_op
+    from fdiv_ops.ops.f_distill import _f_distill_op, _FDistillEager
 
     x, t, f, logits = _inputs((3, 4, 5))
     js = fdiv_ops.resolve("js")

@@ -245,7 +245,10 @@ def trl_f_dpo_logits(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *
     rejected_lr = policy_rejected - ref_rejected
     cap = math.floor(math.log(torch.finfo(chosen_lr.dtype).max) * 1e4) / 1e4
     if divergence == "alpha_divergence":
-        capped = lambda x: torch.exp(torch.clamp(x, max=cap))
+
+        def capped(x):
+            return torch.exp(torch.clamp(x, max=cap))
+
         return (capped(-alpha_coef * rejected_lr) - capped(-alpha_coef * chosen_lr)) / alpha_coef
     logits = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)
     if divergence == "js_divergence":
