@@ -180,6 +180,12 @@ def f_dpg_loss(
             per prompt; None means 0, i.e. target_logscores are normalised). Or, instead of both,
         log_ratio: (B,) a discriminator's estimate of log p(x)/pi(x) (its logit). Exactly one of
             target_logscores / log_ratio must be given.
+            A hard constraint (log P(x) = -inf) is fine where psi(0) is finite (forward_kl, js, gkd_jsd,
+            total_variation, squared_hellinger, pearson_chi2, alpha > 0, skew_forward_kl): such samples get
+            the bounded reward -psi(0). Where psi(0) is infinite (reverse_kl, softened_rkl, jeffreys,
+            neyman_chi2, alpha < 0, skew_reverse_kl(0)), D_f(p||pi) itself is infinite while pi puts mass
+            outside the support of p, and the loss is NaN: give such samples a finite floor instead (e.g.
+            log P = log base - 20, as examples/fdpg_toy.py's --violation-penalty does).
         proposal_logprobs: (B,) log q(x) of the proposal that sampled x (off-policy); weights are
             exp(min(log pi - log q, max_exponent)).
         baseline: "mean", None, a number or a scalar / (B,) tensor. With group_size it must be "mean" or None
