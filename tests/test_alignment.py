@@ -353,3 +353,19 @@ def test_fdpg_module_running_z_and_baseline_per_context():
 def test_bad_input_names_the_argument(call, error, message):
     with pytest.raises(error, match=message):
         call(torch.randn(6))
+
+
+@pytest.mark.parametrize(
+    "divergence, finite",
+    [("forward_kl", True), ("js", True), (fdiv_ops.gkd_jsd(0.5), True), ("total_variation", True),
+     ("squared_hellinger", True), (fdiv_ops.alpha(0.5), True), ("reverse_kl", False), (fdiv_ops.gkd_jsd(1.0), False)],
+    ids=str,
+)
+def test_f_dpg_hard_constraint_is_finite_exactly_where_psi_at_zero_is(divergence, finite):
+    # The documented rule: log P = -inf gives the bounded reward -psi(0) where psi(0) is finite; where it is
+    # infinite, D_f is infinite and the loss says so (NaN) rather than inventing a penalty.
+    logp = torch.log_softmax(torch.randn(6, dtype=torch.float64), 0).requires_grad_()
+    target = torch.tensor([-1.0, -2.0, float("-inf"), -0.5, float("-inf"), -3.0], dtype=torch.float64)
+    loss, _ = fdiv_ops.f_dpg_loss(logp, target_logscores=target, divergence=divergence)
+    (grad,) = torch.autograd.grad(loss, logp)
+    assert bool(torch.isfinite(loss)) == finite and bool(torch.isfinite(grad).all()) == finite

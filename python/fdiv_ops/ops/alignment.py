@@ -180,7 +180,7 @@ def f_dpg_loss(
             per prompt; None means 0, i.e. target_logscores are normalised). Or, instead of both,
         log_ratio: (B,) a discriminator's estimate of log p(x)/pi(x) (its logit). Exactly one of
             target_logscores / log_ratio must be given.
-            A hard constraint (log P(x) = -inf) is fine where psi(0) is finite (forward_kl, js, gkd_jsd,
+            A hard constraint (log P(x) = -inf) is fine where psi(0) is finite (forward_kl, js, gkd_jsd(b<1),
             total_variation, squared_hellinger, pearson_chi2, alpha > 0, skew_forward_kl): such samples get
             the bounded reward -psi(0). Where psi(0) is infinite (reverse_kl, softened_rkl, jeffreys,
             neyman_chi2, alpha < 0, skew_reverse_kl(0)), D_f(p||pi) itself is infinite while pi puts mass
