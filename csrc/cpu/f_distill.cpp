@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "fdiv_ops/cpu_clones.h"
 #include "fdiv_ops/cpu_types.h"
 #include "fdiv_ops/f_distill.h"
 
@@ -14,12 +15,6 @@ namespace fdiv_ops {
 namespace {
 
 using cpu::to_float;
-
-#if defined(__x86_64__) && !defined(__clang__)
-#define FDIV_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FDIV_CPU_CLONES
-#endif
 
 template <typename T, typename A>
 __attribute__((always_inline)) inline void chunk_sums_impl(const T* x, const T* t, const T* f, int64_t n,

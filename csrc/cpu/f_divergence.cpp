@@ -22,6 +22,7 @@
 
 #include <omp.h>
 
+#include "fdiv_ops/cpu_clones.h"
 #include "fdiv_ops/cpu_types.h"
 #include "fdiv_ops/f_divergence.h"
 
@@ -30,11 +31,6 @@ namespace {
 
 using cpu::to_float;
 
-#if defined(__x86_64__) && !defined(__clang__)
-#define FDIV_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FDIV_CPU_CLONES
-#endif
 #define FDIV_INLINE __attribute__((always_inline)) inline
 
 using M = VecMath;

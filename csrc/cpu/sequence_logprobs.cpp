@@ -15,6 +15,7 @@
 #include <sys/mman.h>
 #endif
 
+#include "fdiv_ops/cpu_clones.h"
 #include "fdiv_ops/cpu_types.h"
 #include "fdiv_ops/sequence_logprobs.h"
 #include "fdiv_ops/vec_math.h"
@@ -23,12 +24,6 @@ namespace fdiv_ops {
 namespace {
 
 using cpu::to_float;
-
-#if defined(__x86_64__) && !defined(__clang__)
-#define FDIV_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FDIV_CPU_CLONES
-#endif
 
 constexpr int64_t kBlock = 1024;  // 4 KiB of float: the block stays in L1 between its two sweeps
 
