@@ -67,8 +67,9 @@ def test_f_divergence_fwd_bwd(benchmark, provider, divergence, device):
     fn = PROVIDERS[provider]
     _step(fn, student, teacher, divergence, device)  # warm-up (and compile)
     benchmark.extra_info.update(rows=student.shape[0], vocab=student.shape[1], dtype=str(student.dtype))
-    grad = benchmark.pedantic(_step, args=(fn, student, teacher, divergence, device), rounds=3 if FULL else 1,
-                              iterations=1)
+    grad = benchmark.pedantic(
+        _step, args=(fn, student, teacher, divergence, device), rounds=3 if FULL else 1, iterations=1
+    )
     assert grad.shape == student.shape
 
 

@@ -30,10 +30,16 @@ from fdiv_ops import reference
 
 FULL = os.environ.get("FDIV_BENCH_FULL") == "1"
 SIZES = {  # (rows, H, V, dtype)
-    "cpu": ([(4096, 1024, 32000, torch.float32), (1024, 1024, 32000, torch.float32)] if FULL
-            else [(64, 32, 1271, torch.float32)]),
-    "cuda": ([(8192, 4096, 128256, torch.bfloat16), (1024, 4096, 128256, torch.bfloat16)] if FULL
-             else [(256, 256, 4096, torch.bfloat16)]),
+    "cpu": (
+        [(4096, 1024, 32000, torch.float32), (1024, 1024, 32000, torch.float32)]
+        if FULL
+        else [(64, 32, 1271, torch.float32)]
+    ),
+    "cuda": (
+        [(8192, 4096, 128256, torch.bfloat16), (1024, 4096, 128256, torch.bfloat16)]
+        if FULL
+        else [(256, 256, 4096, torch.bfloat16)]
+    ),
 }
 DIVERGENCE = "gkd_jsd(0.5)"  # the one Liger-Kernel's fused-linear JSD covers
 needs_cuda = pytest.mark.skipif(not fdiv_ops.cuda_available(), reason="needs a CUDA device")
@@ -42,7 +48,7 @@ needs_cuda = pytest.mark.skipif(not fdiv_ops.cuda_available(), reason="needs a C
 def _inputs(device: str, size):
     rows, hidden, vocab, dtype = size
     gen = torch.Generator().manual_seed(0)
-    scale = hidden ** -0.5 * 2  # logits of order a few units
+    scale = hidden**-0.5 * 2  # logits of order a few units
 
     def make(*shape, s=1.0):
         return (s * torch.randn(*shape, generator=gen)).to(device=device, dtype=dtype)
@@ -58,10 +64,10 @@ def _liger():
 
 
 PROVIDERS = {
-    "fdiv_ops": lambda: lambda hs, ws, ht, wt: fdiv_ops.fused_linear_f_divergence(hs, ws, ht, wt,
-                                                                                  divergence=DIVERGENCE),
-    "eager": lambda: lambda hs, ws, ht, wt: reference.fused_linear_f_divergence(hs, ws, ht, wt,
-                                                                                divergence=DIVERGENCE),
+    "fdiv_ops": lambda: (
+        lambda hs, ws, ht, wt: fdiv_ops.fused_linear_f_divergence(hs, ws, ht, wt, divergence=DIVERGENCE)
+    ),
+    "eager": lambda: lambda hs, ws, ht, wt: reference.fused_linear_f_divergence(hs, ws, ht, wt, divergence=DIVERGENCE),
     "liger": _liger,
 }
 
@@ -105,16 +111,23 @@ def measure(provider: str, device: str, index: int) -> dict:
 
 
 def measure_in_subprocess(provider: str, device: str, index: int) -> dict:
-    code = ("import json, sys; sys.path.insert(0, 'benchmarks'); import bench_fused_linear as b; "
-            f"print(json.dumps(b.measure({provider!r}, {device!r}, {index})))")
+    code = (
+        "import json, sys; sys.path.insert(0, 'benchmarks'); import bench_fused_linear as b; "
+        f"print(json.dumps(b.measure({provider!r}, {device!r}, {index})))"
+    )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": os.path.join(root, "python")})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.path.join(root, "python")},
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("provider", ["fdiv_ops", "eager", pytest.param("liger", marks=[pytest.mark.cuda,
-                                                                                        needs_cuda])])
+@pytest.mark.parametrize("provider", ["fdiv_ops", "eager", pytest.param("liger", marks=[pytest.mark.cuda, needs_cuda])])
 @pytest.mark.parametrize("index", range(len(SIZES["cpu"])))
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, needs_cuda])])
 def test_fused_linear_fwd_bwd(benchmark, provider, index, device):

@@ -19,8 +19,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
-COLUMNS = ("op", "shape", "provider", "fwd+bwd ms (p20-p80)", "fwd ms", "GB/s (% of roofline)", "peak MB",
-           "x eager", "x compile", "max rel err")
+COLUMNS = (
+    "op",
+    "shape",
+    "provider",
+    "fwd+bwd ms (p20-p80)",
+    "fwd ms",
+    "GB/s (% of roofline)",
+    "peak MB",
+    "x eager",
+    "x compile",
+    "max rel err",
+)
 
 
 def _num(value, spec: str) -> str:
@@ -29,12 +39,25 @@ def _num(value, spec: str) -> str:
 
 def _row(r: dict) -> list[str]:
     shape = "x".join(map(str, r["shape"])) + "".join(f" {v}" for v in r.get("params", {}).values())
-    fwd_bwd = "-" if r["fwd_bwd_ms"] is None else (
-        f"{r['fwd_bwd_ms']:.3g} ({r['fwd_bwd_p20_ms']:.3g}-{r['fwd_bwd_p80_ms']:.3g})")
+    fwd_bwd = (
+        "-"
+        if r["fwd_bwd_ms"] is None
+        else (f"{r['fwd_bwd_ms']:.3g} ({r['fwd_bwd_p20_ms']:.3g}-{r['fwd_bwd_p80_ms']:.3g})")
+    )
     gbps = "-" if r["gbps"] is None else f"{r['gbps']:.3g} ({100 * r['copy_frac']:.0f}%)"
     provider = f"**{r['provider']}**" if r["provider"] == "fdiv_ops" else r["provider"]
-    return [r["op"], shape, provider, fwd_bwd, _num(r["fwd_ms"], ".3g"), gbps, _num(r["peak_mem_mb"], ".1f"),
-            _num(r["speedup_vs_eager"], ".2f"), _num(r["speedup_vs_compile"], ".2f"), _num(r["max_rel_err"], ".1e")]
+    return [
+        r["op"],
+        shape,
+        provider,
+        fwd_bwd,
+        _num(r["fwd_ms"], ".3g"),
+        gbps,
+        _num(r["peak_mem_mb"], ".1f"),
+        _num(r["speedup_vs_eager"], ".2f"),
+        _num(r["speedup_vs_compile"], ".2f"),
+        _num(r["max_rel_err"], ".1e"),
+    ]
 
 
 def table_for(path: Path) -> str:
@@ -60,8 +83,10 @@ def table_for(path: Path) -> str:
                 notes.append(note)
             continue
         lines.append("| " + " | ".join(_row(r)) + " |")
-    roofline = ("roofline: the time of a device copy moving the bytes a fused fwd+bwd must move, timed in the "
-                "same rounds as the providers; GB/s = those bytes / fwd+bwd time")
+    roofline = (
+        "roofline: the time of a device copy moving the bytes a fused fwd+bwd must move, timed in the "
+        "same rounds as the providers; GB/s = those bytes / fwd+bwd time"
+    )
     lines += [""] + [f"- {n}" for n in head.get("notes", []) + [roofline] + notes]
     plot = path.with_suffix(".png")  # written by the same run's --plot, if it was asked for
     if plot.exists():

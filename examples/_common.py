@@ -36,7 +36,9 @@ def make_parser(script_file: str, description: str, threads: int | None = 1) -> 
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for <script>.json and <script>.png")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random number generator")
     parser.add_argument(
-        "--threads", type=int, default=threads,
+        "--threads",
+        type=int,
+        default=threads,
         help="torch intra-op threads",
     )
     return parser

@@ -43,8 +43,10 @@ class PrefixPolicy(nn.Module):
         super().__init__()
         self.vocab, self.length = vocab, length
         self.net = nn.Sequential(
-            nn.Linear((length - 1) * vocab + length, hidden), nn.Tanh(),
-            nn.Linear(hidden, hidden), nn.Tanh(),
+            nn.Linear((length - 1) * vocab + length, hidden),
+            nn.Tanh(),
+            nn.Linear(hidden, hidden),
+            nn.Tanh(),
             nn.Linear(hidden, vocab),
         )
 
@@ -175,8 +177,9 @@ def train_one(divergence: str, base: PrefixPolicy, target: ToyTarget, cfg: Confi
         floor = target.log_base[target.index(tokens)] - cfg.violation_penalty
         log_scores = torch.maximum(log_scores, floor)
         if cfg.exact_log_z:
-            loss, stats = fdiv_ops.f_dpg_loss(log_pi, target_logscores=log_scores, log_z=target.log_z,
-                                              divergence=divergence)
+            loss, stats = fdiv_ops.f_dpg_loss(
+                log_pi, target_logscores=log_scores, log_z=target.log_z, divergence=divergence
+            )
         else:
             loss, stats = fdpg(log_pi, log_scores)
             z_error.append(float(stats["log_z"][0]) - target.log_z)
@@ -184,7 +187,7 @@ def train_one(divergence: str, base: PrefixPolicy, target: ToyTarget, cfg: Confi
         loss.backward()
         optimizer.step()
     final = {k: history[k][-1] for k in METRICS}
-    tail = history["kl_p_pi"][-max(2, len(history["kl_p_pi"]) // 4):]
+    tail = history["kl_p_pi"][-max(2, len(history["kl_p_pi"]) // 4) :]
     extras = {
         # step-to-step wobble of the exact KL(p||pi) over the last quarter of training: the variance the
         # f-DPG paper attributes to forward_kl shows up here, measured without sampling noise
@@ -197,8 +200,12 @@ def train_one(divergence: str, base: PrefixPolicy, target: ToyTarget, cfg: Confi
 def plot(histories: dict[str, dict], base_metrics: dict, cfg: Config, out_dir, stem):
     plt = _common.pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
-    panels = [("kl_p_pi", "KL(p || pi)"), ("kl_pi_p", "KL(pi_b || p), pi conditioned on b = 1"),
-              ("entropy", "entropy H(pi) (nats)"), ("constraint_satisfaction", "pi(b = 1)")]
+    panels = [
+        ("kl_p_pi", "KL(p || pi)"),
+        ("kl_pi_p", "KL(pi_b || p), pi conditioned on b = 1"),
+        ("entropy", "entropy H(pi) (nats)"),
+        ("constraint_satisfaction", "pi(b = 1)"),
+    ]
     for ax, (key, title) in zip(axes, panels, strict=True):
         for name, history in histories.items():
             ax.plot(history["step"], history[key], label=name, lw=1.3)
@@ -211,8 +218,11 @@ def plot(histories: dict[str, dict], base_metrics: dict, cfg: Config, out_dir, s
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"f-DPG on all {cfg.vocab ** cfg.length} sequences of length {cfg.length} over {cfg.vocab} tokens "
-                 "(metrics exact, by enumeration)", fontsize=11)
+    fig.suptitle(
+        f"f-DPG on all {cfg.vocab**cfg.length} sequences of length {cfg.length} over {cfg.vocab} tokens "
+        "(metrics exact, by enumeration)",
+        fontsize=11,
+    )
     return _common.save_figure(fig, out_dir, stem)
 
 
@@ -224,15 +234,20 @@ def parse_args(argv):
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--base-scale", type=float, default=8.0, help="output-layer scale of the random base")
     parser.add_argument("--beta", type=float, default=1.0, help="soft preference: +beta nats per token 1")
-    parser.add_argument("--violation-penalty", type=float, default=20.0,
-                        help="nats below log a(x) the loss floors log P(x) at off the hard constraint")
+    parser.add_argument(
+        "--violation-penalty",
+        type=float,
+        default=20.0,
+        help="nats below log a(x) the loss floors log P(x) at off the hard constraint",
+    )
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--eval-every", type=int, default=20)
     parser.add_argument("--baseline-momentum", type=float, default=0.99)
-    parser.add_argument("--exact-log-z", action="store_true",
-                        help="f_dpg_loss with the exact log Z instead of FDPG's running estimate")
+    parser.add_argument(
+        "--exact-log-z", action="store_true", help="f_dpg_loss with the exact log Z instead of FDPG's running estimate"
+    )
     return parser.parse_args(argv)
 
 
@@ -244,9 +259,12 @@ def main(argv=None) -> dict:
     base = make_base(cfg, args.seed)
     target = ToyTarget(base, cfg.beta)
     p = target.log_p.exp()
-    base_metrics = {**exact_metrics(base, target),
-                    "target_entropy": float(-(p[p > 0] * target.log_p[p > 0]).sum()),
-                    "num_sequences": len(target.space), "log_z": target.log_z}
+    base_metrics = {
+        **exact_metrics(base, target),
+        "target_entropy": float(-(p[p > 0] * target.log_p[p > 0]).sum()),
+        "num_sequences": len(target.space),
+        "log_z": target.log_z,
+    }
     results, extras, histories = {}, {}, {}
     start = time.perf_counter()
     for name in args.divergences:
@@ -259,9 +277,11 @@ def main(argv=None) -> dict:
         "base": base_metrics,
         "extras": extras,
         "history": histories,
-        "config": {**cfg.__dict__, "seed": args.seed,
-                   "kl_pi_p": "KL(pi(.|b=1) || p): KL(pi||p) itself is +inf, a softmax policy puts mass off "
-                              "a hard constraint"},
+        "config": {
+            **cfg.__dict__,
+            "seed": args.seed,
+            "kl_pi_p": "KL(pi(.|b=1) || p): KL(pi||p) itself is +inf, a softmax policy puts mass off a hard constraint",
+        },
         "seconds": round(time.perf_counter() - start, 1),
     }
     json_path = _common.write_json(args.out, stem, result)

@@ -269,8 +269,10 @@ def plot(samples: dict[str, torch.Tensor], metrics: dict[str, dict], teacher: Mi
             ax.add_patch(plt.Circle((mx, my), NEAR_STDS * float(teacher.stds[0]), fill=False, color="tab:red", lw=0.8))
             ax.annotate(f"{w:.2f}", (mx * 1.28, my * 1.28), ha="center", va="center", fontsize=6, color="tab:red")
         m = metrics[name]
-        ax.set_title(f"{name}\nrecall {m['mode_recall']:.2f}  prec {m['precision']:.2f}  ED {m['energy_distance']:.3f}",
-                     fontsize=8)
+        ax.set_title(
+            f"{name}\nrecall {m['mode_recall']:.2f}  prec {m['precision']:.2f}  ED {m['energy_distance']:.3f}",
+            fontsize=8,
+        )
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
         ax.set_aspect("equal")
@@ -324,17 +326,25 @@ def main(argv=None) -> dict:
             samples[name] = generator(torch.randn(cfg.eval_samples, cfg.latent_dim, generator=eval_gen))
         metrics[name] = evaluate(samples[name], teacher, reference, cfg)
         results[name] = {k: metrics[name][k] for k in METRICS}
-        train_stats[name] = {**stats, "mode_mass_ratio": metrics[name]["mode_mass_ratio"],
-                             "train_seconds": round(time.perf_counter() - t0, 2)}
+        train_stats[name] = {
+            **stats,
+            "mode_mass_ratio": metrics[name]["mode_mass_ratio"],
+            "train_seconds": round(time.perf_counter() - t0, 2),
+        }
         print(f"  {name}: {train_stats[name]['train_seconds']:.1f}s", flush=True)
 
     result = {
         "divergences": results,
         "teacher": {k: metrics["teacher"][k] for k in METRICS},
         "train_stats": train_stats,
-        "config": {**cfg.__dict__, "seed": args.seed, "num_modes": teacher.num_modes,
-                   "mode_weights": [round(w, 4) for w in teacher.weights.tolist()],
-                   "near_stds": NEAR_STDS, "recall_share": RECALL_SHARE},
+        "config": {
+            **cfg.__dict__,
+            "seed": args.seed,
+            "num_modes": teacher.num_modes,
+            "mode_weights": [round(w, 4) for w in teacher.weights.tolist()],
+            "near_stds": NEAR_STDS,
+            "recall_share": RECALL_SHARE,
+        },
         "seconds": round(time.perf_counter() - start, 1),
     }
     json_path = _common.write_json(args.out, stem, result)

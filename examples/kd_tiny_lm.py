@@ -84,9 +84,18 @@ class TokenDataset(torch.utils.data.Dataset):
 def gpt2(vocab: int, length: int, width: int, layers: int, heads: int):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(vocab_size=vocab, n_positions=length, n_embd=width, n_layer=layers, n_head=heads,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,  # no dropout: paired, repeatable runs
-                        bos_token_id=0, eos_token_id=0)
+    config = GPT2Config(
+        vocab_size=vocab,
+        n_positions=length,
+        n_embd=width,
+        n_layer=layers,
+        n_head=heads,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,  # no dropout: paired, repeatable runs
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     return GPT2LMHeadModel(config)
 
 
@@ -135,8 +144,12 @@ def kd_trainer_class():
             # then right because this example does not accumulate gradients (with accumulation and labels,
             # pass num_items_in_batch on, as the top-level README's recipe does)
             loss = fdiv_ops.fused_linear_f_divergence(
-                student_hidden, model.lm_head.weight, teacher_hidden, self.teacher.lm_head.weight,
-                divergence=self.divergence, chunk_size=self.chunk_size,
+                student_hidden,
+                model.lm_head.weight,
+                teacher_hidden,
+                self.teacher.lm_head.weight,
+                divergence=self.divergence,
+                chunk_size=self.chunk_size,
             )
             self.kd_losses.append(float(loss.detach()))
             return (loss, None) if return_outputs else loss
@@ -151,13 +164,31 @@ def distil(divergence: str, student_init, teacher, data: torch.Tensor, cfg, seed
 
     student = copy.deepcopy(student_init)
     args = TrainingArguments(
-        output_dir=workdir, max_steps=cfg.student_steps, per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.student_lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        seed=seed, data_seed=seed, use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no",
-        disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=False,
+        output_dir=workdir,
+        max_steps=cfg.student_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.student_lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
     )
-    trainer = kd_trainer_class()(model=student, args=args, train_dataset=TokenDataset(data), teacher=teacher,
-                                 divergence=divergence, chunk_size=cfg.chunk_size)
+    trainer = kd_trainer_class()(
+        model=student,
+        args=args,
+        train_dataset=TokenDataset(data),
+        teacher=teacher,
+        divergence=divergence,
+        chunk_size=cfg.chunk_size,
+    )
     trainer.train()
     return student, trainer.kd_losses
 
@@ -169,7 +200,7 @@ def heldout_kl(student, teacher, data: torch.Tensor, batch_size: int) -> dict[st
     teacher.eval()
     forward, reverse, count = 0.0, 0.0, 0
     for start in range(0, len(data), batch_size):
-        batch = data[start:start + batch_size]
+        batch = data[start : start + batch_size]
         log_p = F.log_softmax(teacher(batch).logits.double(), -1)
         log_q = F.log_softmax(student(batch).logits.double(), -1)
         forward += float((log_p.exp() * (log_p - log_q)).sum())
@@ -187,15 +218,14 @@ def loss_step(provider: str, shapes: dict, divergence: str, chunk_size: int | No
     gen = torch.Generator().manual_seed(0)
     rows, vocab = shapes["rows"], shapes["vocab"]
     s_h = torch.randn(rows, shapes["student_width"], generator=gen, requires_grad=True)
-    s_w = (shapes["student_width"] ** -0.5 * torch.randn(vocab, shapes["student_width"], generator=gen))
+    s_w = shapes["student_width"] ** -0.5 * torch.randn(vocab, shapes["student_width"], generator=gen)
     s_w.requires_grad_(True)
     t_h = torch.randn(rows, shapes["teacher_width"], generator=gen)
     t_w = shapes["teacher_width"] ** -0.5 * torch.randn(vocab, shapes["teacher_width"], generator=gen)
 
     def step():
         if provider == "fused":
-            loss = fdiv_ops.fused_linear_f_divergence(s_h, s_w, t_h, t_w, divergence=divergence,
-                                                      chunk_size=chunk_size)
+            loss = fdiv_ops.fused_linear_f_divergence(s_h, s_w, t_h, t_w, divergence=divergence, chunk_size=chunk_size)
         else:  # eager KD: both (rows, V) logits, log-softmaxes and the divergence in plain PyTorch
             loss = reference.fused_linear_f_divergence(s_h, s_w, t_h, t_w, divergence=divergence)
         loss.backward()
@@ -210,10 +240,12 @@ def measure_memory(shapes: dict, divergences, chunk_size: int | None) -> dict:
     glibc is made to return freed tensors to the OS so one measurement does not reuse another's heap)."""
     spec = json.dumps({"shapes": shapes, "divergences": list(divergences), "chunk_size": chunk_size})
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(fdiv_ops.__file__).parent.parent),
-                                                    env.get("PYTHONPATH")) if p)
-    proc = subprocess.run([sys.executable, __file__, "--memprobe", spec], env=env, capture_output=True,
-                          text=True, timeout=300)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(Path(fdiv_ops.__file__).parent.parent), env.get("PYTHONPATH")) if p
+    )
+    proc = subprocess.run(
+        [sys.executable, __file__, "--memprobe", spec], env=env, capture_output=True, text=True, timeout=300
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -258,12 +290,16 @@ def plot(curves: dict, results: dict, eager_mem: dict, teacher_losses, cfg, out_
     axes[2].bar(xs - width / 2, fused, width, label="fused_linear_f_divergence")
     axes[2].bar(xs + width / 2, [eager_mem[n] for n in names], width, label="eager KD (full logits)")
     axes[2].set_xticks(xs.tolist(), names)
-    axes[2].set_title(f"loss op peak memory, one fwd+bwd (MiB; {cfg.batch_size * cfg.length} tokens, V={cfg.vocab})",
-                      fontsize=10)
+    axes[2].set_title(
+        f"loss op peak memory, one fwd+bwd (MiB; {cfg.batch_size * cfg.length} tokens, V={cfg.vocab})", fontsize=10
+    )
     axes[2].legend(fontsize=8)
-    fig.suptitle(f"KD of a GPT-2 teacher ({cfg.teacher_layers}x{cfg.teacher_width}) into a student "
-                 f"({cfg.student_layers}x{cfg.student_width}) in a HF Trainer; teacher final train loss "
-                 f"{sum(teacher_losses[-20:]) / len(teacher_losses[-20:]):.3f} nats", fontsize=11)
+    fig.suptitle(
+        f"KD of a GPT-2 teacher ({cfg.teacher_layers}x{cfg.teacher_width}) into a student "
+        f"({cfg.student_layers}x{cfg.student_width}) in a HF Trainer; teacher final train loss "
+        f"{sum(teacher_losses[-20:]) / len(teacher_losses[-20:]):.3f} nats",
+        fontsize=11,
+    )
     return _common.save_figure(fig, out_dir, stem)
 
 
@@ -284,8 +320,12 @@ def parse_args(argv):
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--teacher-lr", type=float, default=3e-3)
     parser.add_argument("--student-lr", type=float, default=3e-3)
-    parser.add_argument("--chunk-size", type=int, default=128,
-                        help="rows per chunk of the fused loss; 0 lets the op pick (all rows when they fit)")
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=128,
+        help="rows per chunk of the fused loss; 0 lets the op pick (all rows when they fit)",
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess")
     parser.add_argument("--memprobe", help=argparse.SUPPRESS)  # internal: the memory subprocess's entry
     args = parser.parse_args(argv)
@@ -314,8 +354,11 @@ def main(argv=None) -> dict:
     teacher_losses = train_teacher(teacher, train, cfg, args.seed)
     teacher.eval().requires_grad_(False)
     student_init = gpt2(cfg.vocab, cfg.length, cfg.student_width, cfg.student_layers, heads=2)
-    print(f"  teacher: {time.perf_counter() - start:.1f}s, final loss {teacher_losses[-1]:.3f} "
-          f"(language entropy rate {language.entropy_rate():.3f})", flush=True)
+    print(
+        f"  teacher: {time.perf_counter() - start:.1f}s, final loss {teacher_losses[-1]:.3f} "
+        f"(language entropy rate {language.entropy_rate():.3f})",
+        flush=True,
+    )
 
     results, extras, curves = {}, {}, {}
     untrained = heldout_kl(student_init, teacher, heldout, cfg.batch_size)
@@ -325,12 +368,18 @@ def main(argv=None) -> dict:
             student, curves[name] = distil(name, student_init, teacher, train, cfg, args.seed, workdir)
             kl = heldout_kl(student, teacher, heldout, cfg.batch_size)
             results[name] = {"heldout_kl": kl["heldout_kl"]}
-            extras[name] = {"heldout_reverse_kl": kl["heldout_reverse_kl"],
-                            "train_seconds": round(time.perf_counter() - t0, 2)}
+            extras[name] = {
+                "heldout_reverse_kl": kl["heldout_reverse_kl"],
+                "train_seconds": round(time.perf_counter() - t0, 2),
+            }
             print(f"  {name}: {extras[name]['train_seconds']:.1f}s", flush=True)
 
-    shapes = {"rows": cfg.batch_size * cfg.length, "vocab": cfg.vocab, "student_width": cfg.student_width,
-              "teacher_width": cfg.teacher_width}
+    shapes = {
+        "rows": cfg.batch_size * cfg.length,
+        "vocab": cfg.vocab,
+        "student_width": cfg.student_width,
+        "teacher_width": cfg.teacher_width,
+    }
     memory = None if args.no_memory else measure_memory(shapes, args.divergences, cfg.chunk_size)
     eager_mem = {}
     for name in args.divergences:
@@ -343,16 +392,24 @@ def main(argv=None) -> dict:
         "divergences": results,
         "extras": extras,
         "untrained_student": untrained,
-        "teacher": {"final_train_loss": sum(teacher_losses[-20:]) / len(teacher_losses[-20:]),
-                    "language_entropy_rate": language.entropy_rate()},
+        "teacher": {
+            "final_train_loss": sum(teacher_losses[-20:]) / len(teacher_losses[-20:]),
+            "language_entropy_rate": language.entropy_rate(),
+        },
         "memory_shapes": shapes,
         "config": config,
         "seconds": round(time.perf_counter() - start, 1),
     }
     json_path = _common.write_json(args.out, stem, result)
     png_path = plot(curves, results, eager_mem, teacher_losses, cfg, args.out, stem)
-    rows = {name: {**results[name], "eager_loss_peak_mem_mb": eager_mem[name],
-                   "heldout_reverse_kl": extras[name]["heldout_reverse_kl"]} for name in results}
+    rows = {
+        name: {
+            **results[name],
+            "eager_loss_peak_mem_mb": eager_mem[name],
+            "heldout_reverse_kl": extras[name]["heldout_reverse_kl"],
+        }
+        for name in results
+    }
     rows["(untrained student)"] = untrained
     print(_common.format_table(rows, (*METRICS, "eager_loss_peak_mem_mb", "heldout_reverse_kl")))
     print(f"wrote {json_path} and {png_path} ({result['seconds']:.0f}s)")

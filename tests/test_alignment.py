@@ -15,12 +15,27 @@ from fdiv_ops import reference as ref
 from fdiv_ops.ops.divergence_psi import _terms_op, clamp_log_ratio, dtype_max_exponent
 
 ALL = [
-    "forward_kl", "reverse_kl", "js", "squared_hellinger", "softened_rkl", "jeffreys", "total_variation",
-    "pearson_chi2", "neyman_chi2",
-    fdiv_ops.gkd_jsd(0.0), fdiv_ops.gkd_jsd(0.3), fdiv_ops.gkd_jsd(1.0),
-    fdiv_ops.alpha(-0.5), fdiv_ops.alpha(0.5), fdiv_ops.alpha(2.0),
-    fdiv_ops.skew_forward_kl(0.0), fdiv_ops.skew_forward_kl(0.1), fdiv_ops.skew_forward_kl(1.0),
-    fdiv_ops.skew_reverse_kl(0.0), fdiv_ops.skew_reverse_kl(0.1), fdiv_ops.skew_reverse_kl(1.0),
+    "forward_kl",
+    "reverse_kl",
+    "js",
+    "squared_hellinger",
+    "softened_rkl",
+    "jeffreys",
+    "total_variation",
+    "pearson_chi2",
+    "neyman_chi2",
+    fdiv_ops.gkd_jsd(0.0),
+    fdiv_ops.gkd_jsd(0.3),
+    fdiv_ops.gkd_jsd(1.0),
+    fdiv_ops.alpha(-0.5),
+    fdiv_ops.alpha(0.5),
+    fdiv_ops.alpha(2.0),
+    fdiv_ops.skew_forward_kl(0.0),
+    fdiv_ops.skew_forward_kl(0.1),
+    fdiv_ops.skew_forward_kl(1.0),
+    fdiv_ops.skew_reverse_kl(0.0),
+    fdiv_ops.skew_reverse_kl(0.1),
+    fdiv_ops.skew_reverse_kl(1.0),
 ]
 IDS = [str(d) for d in ALL]
 
@@ -37,8 +52,7 @@ def test_divergence_terms_match_reference_and_psi_gradient_is_minus_h(div, devic
     torch.testing.assert_close(f, ref.f(div, l.detach()), rtol=1e-10, atol=1e-12)
     (grad,) = torch.autograd.grad((psi * torch.arange(49.0, dtype=torch.float64, device=device)).sum(), l)
     lr = l.detach().clone().requires_grad_()
-    (want,) = torch.autograd.grad((ref.psi(div, lr) * torch.arange(49.0, dtype=torch.float64, device=device)).sum(),
-                                  lr)
+    (want,) = torch.autograd.grad((ref.psi(div, lr) * torch.arange(49.0, dtype=torch.float64, device=device)).sum(), lr)
     keep = l.detach().abs() > 1e-9  # total_variation's jump at l = 0
     torch.testing.assert_close(grad[keep], want[keep], rtol=1e-9, atol=1e-12)
     assert not f.requires_grad and not h.requires_grad
@@ -93,10 +107,15 @@ def test_f_dpo_reverse_kl_is_dpo(label_smoothing, device):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
 
 
-@pytest.mark.parametrize("divergence, trl_name, alpha_coef", [
-    ("js", "js_divergence", None), (fdiv_ops.alpha(0.5), "alpha_divergence", 0.5),
-    (fdiv_ops.alpha(1.5), "alpha_divergence", 1.5), ("reverse_kl", "reverse_kl", None),
-])
+@pytest.mark.parametrize(
+    "divergence, trl_name, alpha_coef",
+    [
+        ("js", "js_divergence", None),
+        (fdiv_ops.alpha(0.5), "alpha_divergence", 0.5),
+        (fdiv_ops.alpha(1.5), "alpha_divergence", 1.5),
+        ("reverse_kl", "reverse_kl", None),
+    ],
+)
 def test_f_dpo_matches_trl_branches(divergence, trl_name, alpha_coef):
     # TRL's own test values (log-ratios of hundreds of nats) plus ordinary ones, in float32 as TRL runs
     pc = torch.tensor([410.0, 0.1, -12.0, -40.0])
@@ -155,16 +174,20 @@ def test_group_normalized_advantages_by_hand():
     # group 1: mean 2, unbiased std 1; group 2: constant -> 0; group 3: [0, 0, 0]; group 4: mean 100/3,
     # std = sqrt(((100/3)^2 * 2 + (200/3)^2) / 2) = 57.735: [-0.577, -0.577, 1.1547]
     s4 = math.sqrt(((100 / 3) ** 2 * 2 + (200 / 3) ** 2) / 2)
-    want = torch.tensor([-1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -(100 / 3) / s4, -(100 / 3) / s4,
-                         (200 / 3) / s4], dtype=torch.float64)
+    want = torch.tensor(
+        [-1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -(100 / 3) / s4, -(100 / 3) / s4, (200 / 3) / s4],
+        dtype=torch.float64,
+    )
     torch.testing.assert_close(adv, want, rtol=1e-7, atol=1e-7)
-    clipped = fdiv_ops.group_normalized_advantages(torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
-                                                                 0.0, 1.0]), 12)
+    clipped = fdiv_ops.group_normalized_advantages(
+        torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]), 12
+    )
     assert clipped[-1].item() == pytest.approx(3.0) and clipped[0].item() == pytest.approx(-1 / math.sqrt(12))
     unclipped = fdiv_ops.group_normalized_advantages(clipped.new_tensor([0.0] * 11 + [1.0]), 12, clip=None)
     assert unclipped[-1].item() == pytest.approx(11 / math.sqrt(12), rel=1e-6)
-    torch.testing.assert_close(fdiv_ops.group_normalized_advantages(rewards, 4),
-                               ref.group_normalized_advantages(rewards, 4))
+    torch.testing.assert_close(
+        fdiv_ops.group_normalized_advantages(rewards, 4), ref.group_normalized_advantages(rewards, 4)
+    )
     strided = torch.stack([rewards, rewards], 1)[:, 0]  # non-contiguous (B,) view
     torch.testing.assert_close(fdiv_ops.group_normalized_advantages(strided, 3), adv)
 
@@ -192,7 +215,7 @@ def _policy_logprobs(theta, seqs, device):
     prev = torch.full((n, MAX_LEN), 3, dtype=torch.long)  # 3 = BOS
     for i, s in enumerate(seqs):
         labels[i, : len(s)] = torch.tensor(s)
-        prev[i, 1: len(s)] = torch.tensor(s[:-1])
+        prev[i, 1 : len(s)] = torch.tensor(s[:-1])
     positions = torch.arange(MAX_LEN).expand(n, MAX_LEN)
     logits = theta[positions.to(device), prev.to(device)]  # (N, T, V), differentiable in theta
     return fdiv_ops.sequence_logprobs(logits, labels.to(device)).sum(-1)
@@ -233,18 +256,28 @@ def test_f_dpg_matches_eager_reference_variants(device):
     proposal = torch.randn(batch, dtype=torch.float64, device=device) - 5
     cases = [
         dict(target_logscores=target, log_z=0.3, divergence="js"),
-        dict(target_logscores=target, log_z=torch.full((batch,), -0.2, dtype=torch.float64, device=device),
-             proposal_logprobs=proposal, divergence="forward_kl", baseline=None),
-        dict(target_logscores=target, proposal_logprobs=proposal, divergence=fdiv_ops.alpha(0.5),
-             baseline=torch.tensor(0.7, dtype=torch.float64, device=device)),
+        dict(
+            target_logscores=target,
+            log_z=torch.full((batch,), -0.2, dtype=torch.float64, device=device),
+            proposal_logprobs=proposal,
+            divergence="forward_kl",
+            baseline=None,
+        ),
+        dict(
+            target_logscores=target,
+            proposal_logprobs=proposal,
+            divergence=fdiv_ops.alpha(0.5),
+            baseline=torch.tensor(0.7, dtype=torch.float64, device=device),
+        ),
         dict(log_ratio=target - log_pi.detach(), divergence="total_variation", group_size=4),
         dict(log_ratio=target - log_pi.detach(), divergence="reverse_kl", group_size=2, baseline=None),
     ]
     for kw in cases:
         loss, stats = fdiv_ops.f_dpg_loss(log_pi, **kw)
         (grad,) = torch.autograd.grad(loss, log_pi)
-        want_loss, want_div = ref.f_dpg_loss(log_pi, **{k: v for k, v in kw.items() if k != "log_z"},
-                                             log_z=kw.get("log_z", 0.0))
+        want_loss, want_div = ref.f_dpg_loss(
+            log_pi, **{k: v for k, v in kw.items() if k != "log_z"}, log_z=kw.get("log_z", 0.0)
+        )
         (want_grad,) = torch.autograd.grad(want_loss, log_pi)
         torch.testing.assert_close(loss, want_loss, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(grad, want_grad, rtol=1e-10, atol=1e-12)
@@ -289,21 +322,35 @@ def test_fdpg_module_running_z_and_baseline_per_context():
     torch.manual_seed(1)
     module = fdiv_ops.FDPG("js", num_contexts=2, baseline_momentum=0.9)
     ctx = torch.tensor([0, 0, 1, 1, 1])
-    steps = [(torch.randn(5, dtype=torch.float64) - 3, torch.randn(5, dtype=torch.float64) - 2,
-              torch.randn(5, dtype=torch.float64) - 3) for _ in range(2)]
+    steps = [
+        (
+            torch.randn(5, dtype=torch.float64) - 3,
+            torch.randn(5, dtype=torch.float64) - 2,
+            torch.randn(5, dtype=torch.float64) - 3,
+        )
+        for _ in range(2)
+    ]
     seen_log_w = {0: [], 1: []}
     expected_baseline = torch.zeros(5, dtype=torch.float64)
     for k, (log_pi, target, proposal) in enumerate(steps):
         log_pi = log_pi.clone().requires_grad_()
         for i in range(5):
             seen_log_w[int(ctx[i])].append(float(target[i] - proposal[i]))
-        z_by_hand = torch.tensor([math.log(sum(math.exp(v) for v in seen_log_w[c]) / len(seen_log_w[c]))
-                                  for c in (0, 1)], dtype=torch.float64)
+        z_by_hand = torch.tensor(
+            [math.log(sum(math.exp(v) for v in seen_log_w[c]) / len(seen_log_w[c])) for c in (0, 1)],
+            dtype=torch.float64,
+        )
         loss, stats = module(log_pi, target, proposal_logprobs=proposal, context=ctx)
         torch.testing.assert_close(stats["log_z"], z_by_hand[ctx])
         torch.testing.assert_close(stats["baseline"], expected_baseline)
-        want_loss, _ = ref.f_dpg_loss(log_pi, target_logscores=target, log_z=z_by_hand[ctx],
-                                      proposal_logprobs=proposal, divergence="js", baseline=expected_baseline)
+        want_loss, _ = ref.f_dpg_loss(
+            log_pi,
+            target_logscores=target,
+            log_z=z_by_hand[ctx],
+            proposal_logprobs=proposal,
+            divergence="js",
+            baseline=expected_baseline,
+        )
         torch.testing.assert_close(loss, want_loss)
         # next step's baseline: bias-corrected EMA of the importance-weighted mean pseudo-reward per context
         w, r = stats["importance_weights"], stats["pseudo_rewards"]
@@ -332,13 +379,22 @@ def test_fdpg_module_running_z_and_baseline_per_context():
         (lambda t: fdiv_ops.f_dpo_loss(t, t, t, t, label_smoothing=0.7), ValueError, "label_smoothing"),
         (lambda t: fdiv_ops.f_dpo_loss(t, t, t, t, divergence="kl"), ValueError, "valid: forward_kl"),
         (lambda t: fdiv_ops.f_dpg_loss(t), ValueError, "target_logscores and log_ratio: give exactly one"),
-        (lambda t: fdiv_ops.f_dpg_loss(t, target_logscores=t, log_ratio=t), ValueError,
-         "target_logscores and log_ratio: give exactly one"),
-        (lambda t: fdiv_ops.f_dpg_loss(t, target_logscores=t, group_size=4), ValueError,
-         "B = 6 is not divisible by group_size = 4"),
+        (
+            lambda t: fdiv_ops.f_dpg_loss(t, target_logscores=t, log_ratio=t),
+            ValueError,
+            "target_logscores and log_ratio: give exactly one",
+        ),
+        (
+            lambda t: fdiv_ops.f_dpg_loss(t, target_logscores=t, group_size=4),
+            ValueError,
+            "B = 6 is not divisible by group_size = 4",
+        ),
         (lambda t: fdiv_ops.f_dpg_loss(t, target_logscores=t, group_size=1), ValueError, "group_size must be"),
-        (lambda t: fdiv_ops.f_dpg_loss(t, target_logscores=t, group_size=3, baseline=t), ValueError,
-         "baseline must be 'mean' or None"),
+        (
+            lambda t: fdiv_ops.f_dpg_loss(t, target_logscores=t, group_size=3, baseline=t),
+            ValueError,
+            "baseline must be 'mean' or None",
+        ),
         (lambda t: fdiv_ops.f_dpg_loss(t, target_logscores=t[:2]), ValueError, "target_logscores must have the shape"),
         (lambda t: fdiv_ops.f_dpg_loss(t, target_logscores=t, log_z=t[:2]), ValueError, "log_z must be a scalar"),
         (lambda t: fdiv_ops.f_dpg_loss(t, target_logscores=t, baseline="median"), ValueError, "baseline must be"),
@@ -346,8 +402,11 @@ def test_fdpg_module_running_z_and_baseline_per_context():
         (lambda t: fdiv_ops.f_dpg_loss(t[None], target_logscores=t), ValueError, "policy_logprobs must have shape"),
         (lambda t: fdiv_ops.group_normalized_advantages(t, 4), ValueError, "not divisible by group_size"),
         (lambda t: fdiv_ops.FDPG(num_contexts=0), ValueError, "num_contexts"),
-        (lambda t: fdiv_ops.FDPG(num_contexts=2)(t, t, context=torch.tensor([0, 1, 2, 0, 1, 0])), ValueError,
-         "context ids must lie"),
+        (
+            lambda t: fdiv_ops.FDPG(num_contexts=2)(t, t, context=torch.tensor([0, 1, 2, 0, 1, 0])),
+            ValueError,
+            "context ids must lie",
+        ),
     ],
 )
 def test_bad_input_names_the_argument(call, error, message):
@@ -357,8 +416,16 @@ def test_bad_input_names_the_argument(call, error, message):
 
 @pytest.mark.parametrize(
     "divergence, finite",
-    [("forward_kl", True), ("js", True), (fdiv_ops.gkd_jsd(0.5), True), ("total_variation", True),
-     ("squared_hellinger", True), (fdiv_ops.alpha(0.5), True), ("reverse_kl", False), (fdiv_ops.gkd_jsd(1.0), False)],
+    [
+        ("forward_kl", True),
+        ("js", True),
+        (fdiv_ops.gkd_jsd(0.5), True),
+        ("total_variation", True),
+        ("squared_hellinger", True),
+        (fdiv_ops.alpha(0.5), True),
+        ("reverse_kl", False),
+        (fdiv_ops.gkd_jsd(1.0), False),
+    ],
     ids=str,
 )
 def test_f_dpg_hard_constraint_is_finite_exactly_where_psi_at_zero_is(divergence, finite):

@@ -16,16 +16,27 @@ import torch
 from fdiv_ops import cli, reference
 from fdiv_ops.bench import providers, registry, runner
 
-RESULT_KEYS = {"op", "shape", "dtype", "device", "provider", "fwd_ms", "fwd_bwd_ms", "gbps", "peak_mem_mb",
-               "max_rel_err"}
+RESULT_KEYS = {
+    "op",
+    "shape",
+    "dtype",
+    "device",
+    "provider",
+    "fwd_ms",
+    "fwd_bwd_ms",
+    "gbps",
+    "peak_mem_mb",
+    "max_rel_err",
+}
 HEADER_KEYS = {"device_name", "copy_gbps", "versions", "device", "dtype", "preset"}
 PYTHON_DIR = str(Path(fdiv_ops.__file__).resolve().parents[1])
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (PYTHON_DIR, os.environ.get("PYTHONPATH")) if p))
-    return subprocess.run([sys.executable, "-m", "fdiv_ops.cli", *args], capture_output=True, text=True, env=env,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "fdiv_ops.cli", *args], capture_output=True, text=True, env=env, check=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +44,7 @@ def tiny_run(tmp_path_factory):
     """One real CPU run of the tiny preset (fdiv_ops and eager, memory subprocesses included)."""
     out = tmp_path_factory.mktemp("bench")
     json_path, png_path = out / "tiny.json", out / "tiny.png"
-    argv = ["bench", "--device", "cpu", "--preset", "tiny", "--providers", "fdiv_ops,eager",
-            "--json", str(json_path)]
+    argv = ["bench", "--device", "cpu", "--preset", "tiny", "--providers", "fdiv_ops,eager", "--json", str(json_path)]
     if _has_matplotlib():
         argv += ["--plot", str(png_path)]
     code = cli.main(argv)
@@ -147,8 +157,7 @@ def test_max_rel_err_sees_nan():
 
 
 def test_compile_provider_on_tiny_case():
-    records = runner.run(["f_distill"], torch.device("cpu"), "fp32", "tiny", ["eager", "compile"],
-                         measure_memory=False)
+    records = runner.run(["f_distill"], torch.device("cpu"), "fp32", "tiny", ["eager", "compile"], measure_memory=False)
     compiled = [r for r in records[1:] if r["provider"] == "compile"]
     assert compiled and all(r["note"] is None and r["max_rel_err"] < 1e-5 for r in compiled)
     assert all(r["speedup_vs_compile"] == pytest.approx(1.0) for r in compiled)
@@ -175,8 +184,9 @@ def _sequence_logprobs(logits, labels, *, ignore_index=-100, **_):
 
 
 def _fused_linear(student_hidden, student_weight, teacher_hidden, teacher_weight, *, divergence="forward_kl", **_):
-    return _categorical_loss(student_hidden @ student_weight.T, teacher_hidden @ teacher_weight.T,
-                             divergence=divergence)
+    return _categorical_loss(
+        student_hidden @ student_weight.T, teacher_hidden @ teacher_weight.T, divergence=divergence
+    )
 
 
 STAND_INS = {
@@ -194,8 +204,7 @@ def test_plugged_in_ops_run_through_the_harness(monkeypatch):
             monkeypatch.setattr(reference, name, fn, raising=False)
     ops = ["f_divergence", "sequence_logprobs", "fused_linear"]
     assert set(ops) <= set(registry.available())
-    records = runner.run(ops, torch.device("cpu"), "fp32", "tiny", ["fdiv_ops", "eager", "liger"],
-                         measure_memory=False)
+    records = runner.run(ops, torch.device("cpu"), "fp32", "tiny", ["fdiv_ops", "eager", "liger"], measure_memory=False)
     results = records[1:]
     assert {r["op"] for r in results} == set(ops)
     for r in results:
@@ -211,8 +220,9 @@ def test_interleaved_timing_runs_every_step_in_rounds():
 
     calls = []
     steps = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
-    timings = measure_interleaved(steps, torch.device("cpu"), TimingPlan(warmup=1, min_reps=4, max_reps=4,
-                                                                          min_time_s=0.0))
+    timings = measure_interleaved(
+        steps, torch.device("cpu"), TimingPlan(warmup=1, min_reps=4, max_reps=4, min_time_s=0.0)
+    )
     assert calls[:3] == ["a", "b", "c"]  # the warm-up round
     assert calls[3:6] == ["a", "b", "c"] and calls[6:9] == ["b", "c", "a"]  # rotating rounds
     assert len(calls) == 3 * 5 and all(t.reps == 4 and t.p20_ms <= t.median_ms <= t.p80_ms for t in timings.values())
@@ -310,8 +320,9 @@ def test_a_failing_provider_is_reported_and_the_others_still_run(monkeypatch):
 
     bench = dataclasses.replace(registry.available()["f_distill"], fused=broken)
     monkeypatch.setattr(registry, "available", lambda: {"f_distill": bench})
-    records = runner.run(["f_distill"], torch.device("cpu"), "fp32", "tiny", ["fdiv_ops", "eager"],
-                         measure_memory=False)
+    records = runner.run(
+        ["f_distill"], torch.device("cpu"), "fp32", "tiny", ["fdiv_ops", "eager"], measure_memory=False
+    )
     by_provider = {r["provider"]: r for r in records[1:]}
     assert by_provider["fdiv_ops"]["note"].startswith("failed: ImportError")
     assert by_provider["fdiv_ops"]["fwd_ms"] is None

@@ -43,8 +43,24 @@ def restore_threads():
 
 def test_gmm_f_distill_smoke(gmm, tmp_path, restore_threads):
     argv = [
-        "--out", str(tmp_path), "--seed", "3", "--steps", "15", "--warmup-steps", "5", "--batch-size", "64",
-        "--eval-samples", "400", "--energy-samples", "200", "--time-bins", "4", "--gan-weight", "0.01",
+        "--out",
+        str(tmp_path),
+        "--seed",
+        "3",
+        "--steps",
+        "15",
+        "--warmup-steps",
+        "5",
+        "--batch-size",
+        "64",
+        "--eval-samples",
+        "400",
+        "--energy-samples",
+        "200",
+        "--time-bins",
+        "4",
+        "--gan-weight",
+        "0.01",
     ]
     result = gmm.main(argv)
     written = json.loads((tmp_path / "gmm_f_distill.json").read_text())
@@ -99,7 +115,7 @@ def test_gmm_metrics_separate_coverage_from_collapse(gmm):
     keep = torch.ones(len(samples), dtype=torch.bool)
     near = torch.cdist(samples.double(), teacher.means).argmin(1)
     in_mode = (near == heaviest).nonzero().squeeze(1)
-    keep[in_mode[len(in_mode) // 10:]] = False
+    keep[in_mode[len(in_mode) // 10 :]] = False
     assert gmm.mode_metrics(samples[keep], teacher)["mode_recall"] == (teacher.num_modes - 1) / teacher.num_modes
     keep[in_mode[: len(in_mode) // 2]] = True
     assert gmm.mode_metrics(samples[keep], teacher)["mode_recall"] == 1.0
@@ -143,8 +159,20 @@ def test_fdpg_toy_smoke(fdpg, tmp_path, restore_threads):
 
 
 def test_fdpg_toy_exact_log_z_path_runs(fdpg, tmp_path, restore_threads):
-    argv = ["--out", str(tmp_path), "--steps", "3", "--eval-every", "3", "--batch-size", "8", "--exact-log-z",
-            "--divergences", "reverse_kl", "js"]
+    argv = [
+        "--out",
+        str(tmp_path),
+        "--steps",
+        "3",
+        "--eval-every",
+        "3",
+        "--batch-size",
+        "8",
+        "--exact-log-z",
+        "--divergences",
+        "reverse_kl",
+        "js",
+    ]
     result = fdpg.main(argv)
     assert all(math.isfinite(v) for m in result["divergences"].values() for v in m.values())
 
@@ -165,8 +193,9 @@ def test_fdpg_toy_target_and_metrics_are_exact(fdpg):
     # the policy starts as the base: its metrics against p are those of a
     base_metrics = fdpg.exact_metrics(base, target)
     a, p = target.log_base.exp(), weight / weight.sum()
-    assert base_metrics["kl_p_pi"] == pytest.approx(float((p[satisfied] * (p[satisfied] / a[satisfied]).log()).sum()),
-                                                     rel=1e-5)
+    assert base_metrics["kl_p_pi"] == pytest.approx(
+        float((p[satisfied] * (p[satisfied] / a[satisfied]).log()).sum()), rel=1e-5
+    )
     assert base_metrics["constraint_satisfaction"] == pytest.approx(float(a[satisfied].sum()), rel=1e-5)
     assert base_metrics["entropy"] == pytest.approx(float(-(a * a.log()).sum()), rel=1e-5)
     a_b = a[satisfied] / a[satisfied].sum()  # KL(a(.|b=1) || p)
@@ -187,8 +216,17 @@ def test_fdpg_toy_claim_reverse_kl_trades_diversity_for_alignment(fdpg, tmp_path
     # its mass on the constraint, less entropy and a larger KL(p||pi) than forward_kl. Margins seen: KL ratio
     # >= 2.1, entropy gap >= 0.10 nats, satisfaction gap >= 0.011; the test asks for less.
     for seed in range(3):
-        argv = ["--out", str(tmp_path), "--seed", str(seed), "--steps", "400", "--divergences", "reverse_kl",
-                "forward_kl"]
+        argv = [
+            "--out",
+            str(tmp_path),
+            "--seed",
+            str(seed),
+            "--steps",
+            "400",
+            "--divergences",
+            "reverse_kl",
+            "forward_kl",
+        ]
         result = fdpg.main(argv)["divergences"]
         rkl, fkl = result["reverse_kl"], result["forward_kl"]
         assert rkl["kl_p_pi"] > 1.5 * fkl["kl_p_pi"], (seed, rkl, fkl)
@@ -207,9 +245,34 @@ def kd():
     return load_example("kd_tiny_lm")
 
 
-KD_TINY = ["--vocab", "64", "--branching", "4", "--length", "8", "--train-sequences", "64", "--heldout-sequences",
-           "16", "--teacher-width", "16", "--teacher-layers", "1", "--student-width", "8", "--student-layers", "1",
-           "--teacher-steps", "5", "--student-steps", "3", "--batch-size", "4", "--chunk-size", "8"]
+KD_TINY = [
+    "--vocab",
+    "64",
+    "--branching",
+    "4",
+    "--length",
+    "8",
+    "--train-sequences",
+    "64",
+    "--heldout-sequences",
+    "16",
+    "--teacher-width",
+    "16",
+    "--teacher-layers",
+    "1",
+    "--student-width",
+    "8",
+    "--student-layers",
+    "1",
+    "--teacher-steps",
+    "5",
+    "--student-steps",
+    "3",
+    "--batch-size",
+    "4",
+    "--chunk-size",
+    "8",
+]
 
 
 def test_kd_tiny_lm_smoke(kd, tmp_path, restore_threads):
@@ -236,10 +299,16 @@ def test_kd_trainer_loss_is_kd_on_the_models_own_logits(kd):
     for divergence in kd.DIVERGENCES:
         with torch.no_grad():
             fused = fdiv_ops.fused_linear_f_divergence(
-                kd.last_hidden(student, tokens), student.lm_head.weight, kd.last_hidden(teacher, tokens),
-                teacher.lm_head.weight, divergence=divergence, chunk_size=5)
-            expected = reference.f_divergence_loss(student(tokens).logits.double(),
-                                                   teacher(tokens).logits.double(), divergence=divergence)
+                kd.last_hidden(student, tokens),
+                student.lm_head.weight,
+                kd.last_hidden(teacher, tokens),
+                teacher.lm_head.weight,
+                divergence=divergence,
+                chunk_size=5,
+            )
+            expected = reference.f_divergence_loss(
+                student(tokens).logits.double(), teacher(tokens).logits.double(), divergence=divergence
+            )
         assert float(fused) == pytest.approx(float(expected), rel=1e-4), divergence
 
 

@@ -11,9 +11,19 @@ import torch
 from fdiv_ops import reference as ref
 
 H_DIVERGENCES = [
-    "reverse_kl", "forward_kl", "js", "squared_hellinger", "softened_rkl", "jeffreys", "pearson_chi2",
-    "neyman_chi2", fdiv_ops.gkd_jsd(0.5), fdiv_ops.alpha(0.5), fdiv_ops.alpha(-1.0),
-    fdiv_ops.skew_forward_kl(0.1), fdiv_ops.skew_reverse_kl(0.1),
+    "reverse_kl",
+    "forward_kl",
+    "js",
+    "squared_hellinger",
+    "softened_rkl",
+    "jeffreys",
+    "pearson_chi2",
+    "neyman_chi2",
+    fdiv_ops.gkd_jsd(0.5),
+    fdiv_ops.alpha(0.5),
+    fdiv_ops.alpha(-1.0),
+    fdiv_ops.skew_forward_kl(0.1),
+    fdiv_ops.skew_reverse_kl(0.1),
 ]
 
 
@@ -247,10 +257,12 @@ def test_cuda_tensor_on_cpu_only_build_is_a_clear_error():
         (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg, ratio_clip=(2.0, 1.0)), ValueError, "ratio_clip"),
         (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg, ratio_clip=(0.0, 1.0)), ValueError, "ratio_clip"),
         (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg, divergence="kl"), ValueError, "valid: forward_kl"),
-        (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg, divergence="total_variation"), ValueError,
-         "total_variation has h = 0"),
-        (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, None, divergence="js"), ValueError,
-         "only reverse_kl"),
+        (
+            lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg, divergence="total_variation"),
+            ValueError,
+            "total_variation has h = 0",
+        ),
+        (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, None, divergence="js"), ValueError, "only reverse_kl"),
         (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg, eps=0.0), ValueError, "eps must be"),
         (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg, reduction="none"), ValueError, "reduction must"),
         (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x.long(), t, f, lg), TypeError, "x must have a floating dtype"),

@@ -26,10 +26,11 @@ def _worker(rank, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        x, teacher, fake, logits = (v[rank * LOCAL_B:(rank + 1) * LOCAL_B] for v in _global_batch())
+        x, teacher, fake, logits = (v[rank * LOCAL_B : (rank + 1) * LOCAL_B] for v in _global_batch())
         x = x.clone().requires_grad_()
-        fdiv_ops.f_distill_loss(x, teacher, fake, logits, divergence="forward_kl", process_group=dist.group.WORLD,
-                                reduction="sum").backward()
+        fdiv_ops.f_distill_loss(
+            x, teacher, fake, logits, divergence="forward_kl", process_group=dist.group.WORLD, reduction="sum"
+        ).backward()
         torch.save(x.grad, os.path.join(out_dir, f"grad{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -51,6 +52,7 @@ def test_h_mean_is_global_over_ranks(tmp_path):
     want = (h / (normalizer + 1e-6)).view(-1, 1, 1) * (fake - teacher)
     got = torch.cat([torch.load(tmp_path / f"grad{r}.pt") for r in range(WORLD)])
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    local_only = fdiv_ops.f_distill(x[:LOCAL_B], teacher[:LOCAL_B], fake[:LOCAL_B], logits[:LOCAL_B],
-                                    divergence="forward_kl").h
+    local_only = fdiv_ops.f_distill(
+        x[:LOCAL_B], teacher[:LOCAL_B], fake[:LOCAL_B], logits[:LOCAL_B], divergence="forward_kl"
+    ).h
     assert not torch.allclose(local_only, h[:LOCAL_B])  # the test distinguishes global from local means

@@ -11,12 +11,29 @@ from fdiv_ops import reference as ref
 from fdiv_ops._backend import DTYPE_CODES
 
 ALL = [
-    "forward_kl", "reverse_kl", "js", "squared_hellinger", "softened_rkl", "jeffreys", "total_variation",
-    "pearson_chi2", "neyman_chi2",
-    fdiv_ops.gkd_jsd(0.0), fdiv_ops.gkd_jsd(0.1), fdiv_ops.gkd_jsd(0.5), fdiv_ops.gkd_jsd(0.9), fdiv_ops.gkd_jsd(1.0),
-    fdiv_ops.alpha(-0.5), fdiv_ops.alpha(0.5), fdiv_ops.alpha(2.0),
-    fdiv_ops.skew_forward_kl(0.0), fdiv_ops.skew_forward_kl(0.1), fdiv_ops.skew_forward_kl(1.0),
-    fdiv_ops.skew_reverse_kl(0.0), fdiv_ops.skew_reverse_kl(0.1), fdiv_ops.skew_reverse_kl(1.0),
+    "forward_kl",
+    "reverse_kl",
+    "js",
+    "squared_hellinger",
+    "softened_rkl",
+    "jeffreys",
+    "total_variation",
+    "pearson_chi2",
+    "neyman_chi2",
+    fdiv_ops.gkd_jsd(0.0),
+    fdiv_ops.gkd_jsd(0.1),
+    fdiv_ops.gkd_jsd(0.5),
+    fdiv_ops.gkd_jsd(0.9),
+    fdiv_ops.gkd_jsd(1.0),
+    fdiv_ops.alpha(-0.5),
+    fdiv_ops.alpha(0.5),
+    fdiv_ops.alpha(2.0),
+    fdiv_ops.skew_forward_kl(0.0),
+    fdiv_ops.skew_forward_kl(0.1),
+    fdiv_ops.skew_forward_kl(1.0),
+    fdiv_ops.skew_reverse_kl(0.0),
+    fdiv_ops.skew_reverse_kl(0.1),
+    fdiv_ops.skew_reverse_kl(1.0),
 ]
 IDS = [str(d) for d in ALL]
 BOUNDED = [d for d in ALL if fdiv_ops.resolve(d).name not in ("pearson_chi2", "neyman_chi2", "alpha")]
@@ -69,23 +86,39 @@ def test_categorical_forms_match_reference_grid(divergence, dtype):
     d = fdiv_ops.resolve(divergence)
     qf, qpsi = torch.empty_like(lq, dtype=dtype), torch.empty_like(lq, dtype=dtype)
     lq_in, lp_in = lq.to(dtype), lp.to(dtype)
-    _C.categorical_eval(lq_in.data_ptr(), lp_in.data_ptr(), DTYPE_CODES[dtype], lq.numel(), d.kernel_id,
-                        d.kernel_param, qf.data_ptr(), qpsi.data_ptr())
+    _C.categorical_eval(
+        lq_in.data_ptr(),
+        lp_in.data_ptr(),
+        DTYPE_CODES[dtype],
+        lq.numel(),
+        d.kernel_id,
+        d.kernel_param,
+        qf.data_ptr(),
+        qpsi.data_ptr(),
+    )
     q, ratio = lq.exp(), lp - lq
     want_qf, want_qpsi = q * ref.f(d, ratio), q * ref.psi(d, ratio)
     assert not torch.isnan(qf).any() and not torch.isnan(qpsi).any()
     finite = torch.isfinite(want_qf) & torch.isfinite(want_qpsi) & (want_qf.abs() < 1e30) & (want_qpsi.abs() < 1e30)
     rel = 2e-5 if dtype == torch.float32 else 1e-9
     # absolute floor: float32 rounding of the inputs themselves (|l| up to 80) moves q f by ~ q * |l| * eps
-    floor = (1e-6 * q * (1 + ratio.abs() ** 2) if dtype == torch.float32 else 1e-12 * q * (1 + ratio.abs() ** 2))
+    floor = 1e-6 * q * (1 + ratio.abs() ** 2) if dtype == torch.float32 else 1e-12 * q * (1 + ratio.abs() ** 2)
     for got, want in ((qf, want_qf), (qpsi, want_qpsi)):
         err = (got.double() - want).abs()[finite]
         assert (err <= rel * want.abs()[finite] + floor[finite] + 1e-30).all(), (err.max(), str(d))
     # extreme log-probabilities (logits of +-1e4): no NaN, and inf only where the divergence is unbounded
     far = torch.tensor([-1e4, -200.0, 0.0], dtype=dtype)
     lq, lp = (g.reshape(-1).contiguous() for g in torch.meshgrid(far, far, indexing="ij"))
-    _C.categorical_eval(lq.data_ptr(), lp.data_ptr(), DTYPE_CODES[dtype], lq.numel(), d.kernel_id, d.kernel_param,
-                        qf[:9].data_ptr(), qpsi[:9].data_ptr())
+    _C.categorical_eval(
+        lq.data_ptr(),
+        lp.data_ptr(),
+        DTYPE_CODES[dtype],
+        lq.numel(),
+        d.kernel_id,
+        d.kernel_param,
+        qf[:9].data_ptr(),
+        qpsi[:9].data_ptr(),
+    )
     assert not torch.isnan(qf[:9]).any() and not torch.isnan(qpsi[:9]).any()
     if d in [fdiv_ops.resolve(b) for b in BOUNDED]:
         assert torch.isfinite(qf[:9]).all() and torch.isfinite(qpsi[:9]).all()
@@ -140,8 +173,14 @@ def test_num_items_in_batch(num_items, device):
 def test_all_rows_ignored_gives_zero_not_nan(reduction, device):
     student, teacher = _logits((2, 3, 50), device=device), _logits((2, 3, 50), device=device)
     labels = torch.full((2, 3), -100, device=device)
-    loss, grad = _fused(student, teacher, torch.ones(2, 3, device=device) if reduction == "none" else None,
-                        labels=labels, reduction=reduction, divergence="forward_kl")
+    loss, grad = _fused(
+        student,
+        teacher,
+        torch.ones(2, 3, device=device) if reduction == "none" else None,
+        labels=labels,
+        reduction=reduction,
+        divergence="forward_kl",
+    )
     assert (loss == 0).all() and (grad == 0).all()
 
 
@@ -199,8 +238,10 @@ def test_grad_output_and_non_contiguous_inputs(device):
     base_s, base_t = _logits((1271, 6), device=device), _logits((1271, 6), device=device)
     student, teacher = base_s.t(), base_t.t()[:, :1271]  # (6, 1271) with strides (1, 6)
     assert not student.is_contiguous() and not teacher.is_contiguous()
-    for reduction, grad_output in (("batchmean", torch.tensor(-2.5, device=device)),
-                                   ("none", torch.randn(6, device=device))):
+    for reduction, grad_output in (
+        ("batchmean", torch.tensor(-2.5, device=device)),
+        ("none", torch.randn(6, device=device)),
+    ):
         kw = {"divergence": "softened_rkl", "temperature": 0.7, "reduction": reduction}
         loss, grad = _fused(student, teacher, grad_output, **kw)
         want_loss, want_grad = _reference(student, teacher, grad_output, **kw)
@@ -228,8 +269,9 @@ def test_half_precision_within_twice_eager_error(dtype, divergence, device):
     assert loss_err <= 2 * eager_loss_err or math.isnan(eager_loss_err) or loss_err <= 1e-6 * abs(truth_loss).item()
 
 
-@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", fdiv_ops.gkd_jsd(0.3), "total_variation",
-                                        fdiv_ops.alpha(0.5)], ids=str)
+@pytest.mark.parametrize(
+    "divergence", ["forward_kl", "reverse_kl", fdiv_ops.gkd_jsd(0.3), "total_variation", fdiv_ops.alpha(0.5)], ids=str
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_topk_teacher_matches_its_definition(divergence, dtype, device):
     student, teacher = _logits((2, 3, 300), dtype, device), _logits((2, 3, 300), torch.float64, device)
@@ -262,8 +304,12 @@ def test_teacher_is_logprobs_skips_the_teacher_softmax_and_temperature(device):
 def test_module_matches_function():
     student, teacher = _logits((3, 200)), _logits((3, 200))
     module = fdiv_ops.FDivergenceLoss(fdiv_ops.gkd_jsd(0.5), temperature=2.0, reduction="sum")
-    torch.testing.assert_close(module(student, teacher), fdiv_ops.f_divergence_loss(
-        student, teacher, divergence=fdiv_ops.gkd_jsd(0.5), temperature=2.0, reduction="sum"))
+    torch.testing.assert_close(
+        module(student, teacher),
+        fdiv_ops.f_divergence_loss(
+            student, teacher, divergence=fdiv_ops.gkd_jsd(0.5), temperature=2.0, reduction="sum"
+        ),
+    )
     assert "gkd_jsd(0.5)" in repr(module)
 
 
@@ -272,6 +318,7 @@ def test_gradcheck_float64():
     teacher[0, 2] = -math.inf
     labels = torch.tensor([1, -100, 2])
     for divergence in ("forward_kl", "js", fdiv_ops.gkd_jsd(0.7), fdiv_ops.skew_reverse_kl(0.1)):
+
         def loss_fn(z, divergence=divergence):
             return fdiv_ops.f_divergence_loss(z, teacher, divergence=divergence, temperature=1.3, labels=labels)
 
@@ -279,8 +326,11 @@ def test_gradcheck_float64():
     indices = torch.tensor([[0, 3], [1, 2], [6, 5]])
     logprobs = torch.log(torch.tensor([[0.5, 0.2], [0.3, 0.3], [0.6, 0.1]], dtype=torch.float64))
     assert torch.autograd.gradcheck(
-        lambda z: fdiv_ops.f_divergence_loss(z, teacher_topk=(indices, logprobs), divergence="reverse_kl",
-                                             reduction="none"), (student.clone().requires_grad_(),))
+        lambda z: fdiv_ops.f_divergence_loss(
+            z, teacher_topk=(indices, logprobs), divergence="reverse_kl", reduction="none"
+        ),
+        (student.clone().requires_grad_(),),
+    )
 
 
 def test_opcheck():
@@ -288,8 +338,10 @@ def test_opcheck():
 
     # float64 scales the saved gradient out of place; float32 scales it in place, which mutates an output
     # the AOT-dispatch comparison reads after backward, so float32 runs the other checks only.
-    for dtype, utils in ((torch.float64, None), (torch.float32, ("test_schema", "test_faketensor",
-                                                                  "test_autograd_registration"))):
+    for dtype, utils in (
+        (torch.float64, None),
+        (torch.float32, ("test_schema", "test_faketensor", "test_autograd_registration")),
+    ):
         kw = {} if utils is None else {"test_utils": utils}
         student, teacher = _logits((4, 33), dtype).requires_grad_(), _logits((4, 40), dtype)
         scale = torch.full((4,), 0.25, dtype=dtype)
@@ -334,12 +386,18 @@ def _call(student, teacher, **kw):
         (lambda s, t: _call(s, t, labels=torch.zeros(3, dtype=torch.long)), "labels must have the leading shape"),
         (lambda s, t: _call(s, t, temperature=0.0), "temperature must be"),
         (lambda s, t: _call(s, t, temperature=-1.0), "temperature must be"),
-        (lambda s, t: _call(s, None, teacher_topk=(torch.zeros(3, 4, 50, dtype=torch.long), torch.zeros(3, 4, 50))),
-         "k must satisfy"),
-        (lambda s, t: _call(s, None, teacher_topk=(torch.full((3, 4, 2), 40), torch.zeros(3, 4, 2))),
-         "indices must lie in"),
-        (lambda s, t: _call(s, None, teacher_topk=(torch.full((3, 4, 2), -1), torch.zeros(3, 4, 2))),
-         "indices must lie in"),
+        (
+            lambda s, t: _call(s, None, teacher_topk=(torch.zeros(3, 4, 50, dtype=torch.long), torch.zeros(3, 4, 50))),
+            "k must satisfy",
+        ),
+        (
+            lambda s, t: _call(s, None, teacher_topk=(torch.full((3, 4, 2), 40), torch.zeros(3, 4, 2))),
+            "indices must lie in",
+        ),
+        (
+            lambda s, t: _call(s, None, teacher_topk=(torch.full((3, 4, 2), -1), torch.zeros(3, 4, 2))),
+            "indices must lie in",
+        ),
         (lambda s, t: _call(s.long(), t), "student_logits must have a floating dtype"),
         (lambda s, t: _call(s, t.int()), "teacher_logits must have a floating dtype"),
         (lambda s, t: _call(s, t, reduction="mean"), "reduction must be"),

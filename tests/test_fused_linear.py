@@ -24,9 +24,12 @@ def _inputs(dtype=torch.float64, device="cpu", rows=ROWS, h_s=H_S, h_t=H_T, v_s=
 
     lead = (rows,) if lead is None else lead
     inputs = {
-        "student_hidden": rnd(*lead, h_s), "student_weight": rnd(v_s, h_s, scale=h_s ** -0.5 * 2),
-        "teacher_hidden": rnd(*lead, h_t), "teacher_weight": rnd(v_t, h_t, scale=h_t ** -0.5 * 2),
-        "student_bias": rnd(v_s) if bias else None, "teacher_bias": rnd(v_t) if bias else None,
+        "student_hidden": rnd(*lead, h_s),
+        "student_weight": rnd(v_s, h_s, scale=h_s**-0.5 * 2),
+        "teacher_hidden": rnd(*lead, h_t),
+        "teacher_weight": rnd(v_t, h_t, scale=h_t**-0.5 * 2),
+        "student_bias": rnd(v_s) if bias else None,
+        "teacher_bias": rnd(v_t) if bias else None,
     }
     labels = torch.randint(0, v_s, lead, generator=gen).to(device)
     labels.view(-1)[::4] = -100
@@ -56,8 +59,14 @@ def _grads(loss, leaves):
 def _run_fused(inputs, grad_output=1.0, **kw):
     leaves = _leaves(inputs)
     loss = fdiv_ops.fused_linear_f_divergence(
-        leaves["student_hidden"], leaves["student_weight"], leaves["teacher_hidden"], leaves["teacher_weight"],
-        student_bias=leaves["student_bias"], teacher_bias=leaves["teacher_bias"], **kw)
+        leaves["student_hidden"],
+        leaves["student_weight"],
+        leaves["teacher_hidden"],
+        leaves["teacher_weight"],
+        student_bias=leaves["student_bias"],
+        teacher_bias=leaves["teacher_bias"],
+        **kw,
+    )
     return loss.detach(), _grads(loss * grad_output, leaves)
 
 
@@ -69,8 +78,12 @@ def _run_explicit(inputs, grad_output=1.0, dtype=None, hard_loss_weight=0.0, ign
     loss = fdiv_ops.f_divergence_loss(student_logits, teacher_logits, ignore_index=ignore_index, **kw)
     if hard_loss_weight:
         labels = kw["labels"]
-        ce = F.cross_entropy(student_logits.reshape(-1, student_logits.shape[-1]), labels.reshape(-1),
-                             ignore_index=ignore_index, reduction="sum")
+        ce = F.cross_entropy(
+            student_logits.reshape(-1, student_logits.shape[-1]),
+            labels.reshape(-1),
+            ignore_index=ignore_index,
+            reduction="sum",
+        )
         count = (labels != ignore_index).sum().clamp_min(1) if kw.get("reduction", "batchmean") == "batchmean" else 1
         loss = loss + hard_loss_weight * ce / count
     return loss.detach(), _grads(loss * grad_output, leaves)
@@ -79,8 +92,14 @@ def _run_explicit(inputs, grad_output=1.0, dtype=None, hard_loss_weight=0.0, ign
 def _run_reference(inputs, grad_output=1.0, **kw):
     leaves = _leaves(inputs, torch.float64)
     loss = ref.fused_linear_f_divergence(
-        leaves["student_hidden"], leaves["student_weight"], leaves["teacher_hidden"], leaves["teacher_weight"],
-        student_bias=leaves["student_bias"], teacher_bias=leaves["teacher_bias"], **kw)
+        leaves["student_hidden"],
+        leaves["student_weight"],
+        leaves["teacher_hidden"],
+        leaves["teacher_weight"],
+        student_bias=leaves["student_bias"],
+        teacher_bias=leaves["teacher_bias"],
+        **kw,
+    )
     return loss.detach(), _grads(loss * grad_output, leaves)
 
 
@@ -100,8 +119,9 @@ def _assert_same(got, want, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "js", fdiv_ops.gkd_jsd(0.3),
-                                        "total_variation"], ids=str)
+@pytest.mark.parametrize(
+    "divergence", ["forward_kl", "reverse_kl", "js", fdiv_ops.gkd_jsd(0.3), "total_variation"], ids=str
+)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
 def test_equals_f_divergence_loss_on_explicit_logits(dtype, divergence, bias, device):
     inputs, labels = _inputs(dtype, device, bias=bias)
@@ -148,8 +168,9 @@ def test_num_items_in_batch(device):
     inputs, labels = _inputs(torch.float64, device)
     for num_items in (17, torch.tensor(17.0, device=device)):
         got = _run_fused(inputs, labels=labels, num_items_in_batch=num_items, hard_loss_weight=0.5)
-        _assert_same(got, _run_reference(inputs, labels=labels, num_items_in_batch=17, hard_loss_weight=0.5),
-                     torch.float64)
+        _assert_same(
+            got, _run_reference(inputs, labels=labels, num_items_in_batch=17, hard_loss_weight=0.5), torch.float64
+        )
 
 
 @pytest.mark.parametrize("hard", [0.0, 1.0])
@@ -167,9 +188,15 @@ def test_no_gradient_reaches_the_teacher_and_frozen_weight_is_skipped():
     teacher_hidden = inputs["teacher_hidden"].clone().requires_grad_()
     teacher_weight = inputs["teacher_weight"].clone().requires_grad_()
     student_hidden = inputs["student_hidden"].clone().requires_grad_()
-    loss = fdiv_ops.fused_linear_f_divergence(student_hidden, inputs["student_weight"], teacher_hidden,
-                                              teacher_weight, student_bias=inputs["student_bias"],
-                                              teacher_bias=inputs["teacher_bias"], labels=labels)
+    loss = fdiv_ops.fused_linear_f_divergence(
+        student_hidden,
+        inputs["student_weight"],
+        teacher_hidden,
+        teacher_weight,
+        student_bias=inputs["student_bias"],
+        teacher_bias=inputs["teacher_bias"],
+        labels=labels,
+    )
     loss.backward()
     assert teacher_hidden.grad is None and teacher_weight.grad is None
     want = _run_reference(inputs, labels=labels)[1]["student_hidden"]
@@ -185,8 +212,14 @@ def test_half_precision_within_twice_eager_error(dtype, divergence, device):
     loss, grads = _run_fused(inputs, chunk_size=5, **kw)
     leaves = _leaves(inputs)  # eager PyTorch in that dtype: 16-bit GEMMs, 16-bit logits
     eager_loss = ref.fused_linear_f_divergence(
-        leaves["student_hidden"], leaves["student_weight"], leaves["teacher_hidden"], leaves["teacher_weight"],
-        student_bias=leaves["student_bias"], teacher_bias=leaves["teacher_bias"], **kw)
+        leaves["student_hidden"],
+        leaves["student_weight"],
+        leaves["teacher_hidden"],
+        leaves["teacher_weight"],
+        student_bias=leaves["student_bias"],
+        teacher_bias=leaves["teacher_bias"],
+        **kw,
+    )
     eager = _grads(eager_loss, leaves)
     assert loss.dtype == torch.float32
     for name in truth:
@@ -208,9 +241,26 @@ def _kernel(student, teacher, grad, labels, hard_weight, inv_t, device):
     loss = torch.empty(rows, dtype=student.dtype, device=device)
     on_cuda = device.type == "cuda"
     stream = torch.cuda.current_stream(device).cuda_stream if on_cuda else 0
-    _C.f_divergence(ptr(student), ptr(teacher), DTYPE_CODES[student.dtype], rows, student.shape[1],
-                    teacher.shape[1], False, inv_t, 2, 0.0, ptr(scale), ptr(loss), ptr(grad), ptr(labels),
-                    hard_weight, num_threads(), on_cuda, stream)
+    _C.f_divergence(
+        ptr(student),
+        ptr(teacher),
+        DTYPE_CODES[student.dtype],
+        rows,
+        student.shape[1],
+        teacher.shape[1],
+        False,
+        inv_t,
+        2,
+        0.0,
+        ptr(scale),
+        ptr(loss),
+        ptr(grad),
+        ptr(labels),
+        hard_weight,
+        num_threads(),
+        on_cuda,
+        stream,
+    )
     return loss
 
 
@@ -235,16 +285,29 @@ def test_row_kernel_may_write_the_gradient_over_the_student(dtype, vocabs, hard,
 def test_frozen_hidden_and_no_grad_mode():
     inputs, labels = _inputs(torch.float64)
     weight = inputs["student_weight"].clone().requires_grad_()
-    loss = fdiv_ops.fused_linear_f_divergence(inputs["student_hidden"], weight, inputs["teacher_hidden"],
-                                              inputs["teacher_weight"], student_bias=inputs["student_bias"],
-                                              teacher_bias=inputs["teacher_bias"], labels=labels, chunk_size=4)
+    loss = fdiv_ops.fused_linear_f_divergence(
+        inputs["student_hidden"],
+        weight,
+        inputs["teacher_hidden"],
+        inputs["teacher_weight"],
+        student_bias=inputs["student_bias"],
+        teacher_bias=inputs["teacher_bias"],
+        labels=labels,
+        chunk_size=4,
+    )
     loss.backward()
     want_loss, want = _run_reference(inputs, labels=labels)
     _close(weight.grad, want["student_weight"], torch.float64)
     with torch.no_grad():
-        loss = fdiv_ops.fused_linear_f_divergence(inputs["student_hidden"], weight, inputs["teacher_hidden"],
-                                                  inputs["teacher_weight"], student_bias=inputs["student_bias"],
-                                                  teacher_bias=inputs["teacher_bias"], labels=labels)
+        loss = fdiv_ops.fused_linear_f_divergence(
+            inputs["student_hidden"],
+            weight,
+            inputs["teacher_hidden"],
+            inputs["teacher_weight"],
+            student_bias=inputs["student_bias"],
+            teacher_bias=inputs["teacher_bias"],
+            labels=labels,
+        )
     _close(loss, want_loss, torch.float64)
     assert not loss.requires_grad
 
@@ -252,13 +315,28 @@ def test_frozen_hidden_and_no_grad_mode():
 def test_module_matches_function():
     inputs, labels = _inputs(torch.float64)
     module = fdiv_ops.FusedLinearFDivergenceLoss("js", temperature=2.0, hard_loss_weight=0.5, chunk_size=4)
-    got = module(inputs["student_hidden"], inputs["student_weight"], inputs["teacher_hidden"],
-                 inputs["teacher_weight"], labels, student_bias=inputs["student_bias"],
-                 teacher_bias=inputs["teacher_bias"])
+    got = module(
+        inputs["student_hidden"],
+        inputs["student_weight"],
+        inputs["teacher_hidden"],
+        inputs["teacher_weight"],
+        labels,
+        student_bias=inputs["student_bias"],
+        teacher_bias=inputs["teacher_bias"],
+    )
     want = fdiv_ops.fused_linear_f_divergence(
-        inputs["student_hidden"], inputs["student_weight"], inputs["teacher_hidden"], inputs["teacher_weight"],
-        student_bias=inputs["student_bias"], teacher_bias=inputs["teacher_bias"], labels=labels, divergence="js",
-        temperature=2.0, hard_loss_weight=0.5, chunk_size=4)
+        inputs["student_hidden"],
+        inputs["student_weight"],
+        inputs["teacher_hidden"],
+        inputs["teacher_weight"],
+        student_bias=inputs["student_bias"],
+        teacher_bias=inputs["teacher_bias"],
+        labels=labels,
+        divergence="js",
+        temperature=2.0,
+        hard_loss_weight=0.5,
+        chunk_size=4,
+    )
     assert got.item() == want.item()
     assert "hard_loss_weight=0.5" in repr(module)
 
@@ -273,8 +351,17 @@ def test_auto_chunk_size():
 def test_opcheck():
     inputs, labels = _inputs(torch.float64, rows=5, v_s=13, v_t=15)
     row_scale = torch.full((5,), 0.2, dtype=torch.float64)
-    args = [inputs[n] for n in ("student_hidden", "student_weight", "student_bias", "teacher_hidden",
-                                "teacher_weight", "teacher_bias")]
+    args = [
+        inputs[n]
+        for n in (
+            "student_hidden",
+            "student_weight",
+            "student_bias",
+            "teacher_hidden",
+            "teacher_weight",
+            "teacher_bias",
+        )
+    ]
     for name in STUDENT:
         inputs[name].requires_grad_()
     # float64 scales the saved gradients out of place, so every check runs; float32 scales in place.
@@ -282,8 +369,11 @@ def test_opcheck():
     torch.library.opcheck(_fused_op, (*args, row_scale, None, 0.0, 0, 0.0, 1.0, 0, True, True))
     torch.library.opcheck(_fused_op, (*args, row_scale, None, 0.0, 0, 0.0, 1.0, 0, False, True))
     args32 = [a.detach().float().requires_grad_() for a in args]
-    torch.library.opcheck(_fused_op, (*args32, row_scale.float(), None, 0.0, 0, 0.0, 1.0, 3, True, True),
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    torch.library.opcheck(
+        _fused_op,
+        (*args32, row_scale.float(), None, 0.0, 0, 0.0, 1.0, 3, True, True),
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
 
 
 def test_torch_compile_fullgraph():
@@ -291,15 +381,36 @@ def test_torch_compile_fullgraph():
 
     @torch.compile(fullgraph=True, backend="aot_eager")
     def step(hs, ws, ht, wt, bs, bt, labels):
-        return fdiv_ops.fused_linear_f_divergence(hs, ws, ht, wt, student_bias=bs, teacher_bias=bt, labels=labels,
-                                                  divergence="js", temperature=2.0, hard_loss_weight=0.5) * 3.0
+        return (
+            fdiv_ops.fused_linear_f_divergence(
+                hs,
+                ws,
+                ht,
+                wt,
+                student_bias=bs,
+                teacher_bias=bt,
+                labels=labels,
+                divergence="js",
+                temperature=2.0,
+                hard_loss_weight=0.5,
+            )
+            * 3.0
+        )
 
     leaves = _leaves(inputs)
-    loss = step(leaves["student_hidden"], leaves["student_weight"], leaves["teacher_hidden"],
-                leaves["teacher_weight"], leaves["student_bias"], leaves["teacher_bias"], labels)
+    loss = step(
+        leaves["student_hidden"],
+        leaves["student_weight"],
+        leaves["teacher_hidden"],
+        leaves["teacher_weight"],
+        leaves["student_bias"],
+        leaves["teacher_bias"],
+        labels,
+    )
     got = loss.detach(), _grads(loss, leaves)
-    want = _run_reference(inputs, grad_output=3.0, labels=labels, divergence="js", temperature=2.0,
-                          hard_loss_weight=0.5)
+    want = _run_reference(
+        inputs, grad_output=3.0, labels=labels, divergence="js", temperature=2.0, hard_loss_weight=0.5
+    )
     _close(got[0] / 3.0, want[0], torch.float32)
     for name in want[1]:
         _close(got[1][name], want[1][name], torch.float32)
@@ -308,16 +419,18 @@ def test_torch_compile_fullgraph():
 def test_second_backward_through_the_same_graph_is_refused():
     inputs, _ = _inputs(torch.float32)
     leaves = _leaves(inputs)
-    loss = fdiv_ops.fused_linear_f_divergence(leaves["student_hidden"], leaves["student_weight"],
-                                              leaves["teacher_hidden"], leaves["teacher_weight"])
+    loss = fdiv_ops.fused_linear_f_divergence(
+        leaves["student_hidden"], leaves["student_weight"], leaves["teacher_hidden"], leaves["teacher_weight"]
+    )
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward ran twice"):
         loss.backward()
 
 
 def _call(i, **kw):
-    return fdiv_ops.fused_linear_f_divergence(i["student_hidden"], i["student_weight"], i["teacher_hidden"],
-                                              i["teacher_weight"], **kw)
+    return fdiv_ops.fused_linear_f_divergence(
+        i["student_hidden"], i["student_weight"], i["teacher_hidden"], i["teacher_weight"], **kw
+    )
 
 
 def _with(i, **changes):
@@ -330,8 +443,11 @@ def _with(i, **changes):
         (lambda i, y: _call(_with(i, student_weight=i["student_weight"][:, :5])), ValueError, "student_weight must"),
         (lambda i, y: _call(_with(i, teacher_weight=i["teacher_weight"][:, :5])), ValueError, "teacher_weight must"),
         (lambda i, y: _call(_with(i, teacher_hidden=i["teacher_hidden"][:3])), ValueError, "teacher_hidden must"),
-        (lambda i, y: _call(_with(i, teacher_weight=torch.zeros(V + 2000, H_T, dtype=torch.float64))), ValueError,
-         "max_vocab_pad"),
+        (
+            lambda i, y: _call(_with(i, teacher_weight=torch.zeros(V + 2000, H_T, dtype=torch.float64))),
+            ValueError,
+            "max_vocab_pad",
+        ),
         (lambda i, y: _call(i, student_bias=torch.zeros(V + 1, dtype=torch.float64)), ValueError, "student_bias"),
         (lambda i, y: _call(i, teacher_bias=torch.zeros(3, dtype=torch.float64)), ValueError, "teacher_bias"),
         (lambda i, y: _call(i, labels=y[:4]), ValueError, "labels must have the leading shape"),
@@ -345,8 +461,11 @@ def _with(i, **changes):
         (lambda i, y: _call(_with(i, student_weight=i["student_weight"].float())), TypeError, "student_weight must"),
         (lambda i, y: _call(_with(i, teacher_weight=i["teacher_weight"].float())), TypeError, "teacher_weight must"),
         (lambda i, y: _call(_with(i, student_hidden=i["student_hidden"].long())), TypeError, "student_hidden must"),
-        (lambda i, y: _call(_with(i, teacher_hidden=i["teacher_hidden"].to("meta"))), ValueError,
-         "teacher_hidden must be on a CPU or CUDA device"),
+        (
+            lambda i, y: _call(_with(i, teacher_hidden=i["teacher_hidden"].to("meta"))),
+            ValueError,
+            "teacher_hidden must be on a CPU or CUDA device",
+        ),
     ],
 )
 def test_bad_input_names_the_argument(make, error, message):
@@ -360,13 +479,21 @@ def test_gradcheck_float64():
     leaves = _leaves(inputs)
 
     def loss(hs, ws, bs):
-        return fdiv_ops.fused_linear_f_divergence(hs, ws, inputs["teacher_hidden"], inputs["teacher_weight"],
-                                                  student_bias=bs, teacher_bias=inputs["teacher_bias"],
-                                                  labels=labels, divergence="js", temperature=1.5,
-                                                  hard_loss_weight=0.4, chunk_size=2)
+        return fdiv_ops.fused_linear_f_divergence(
+            hs,
+            ws,
+            inputs["teacher_hidden"],
+            inputs["teacher_weight"],
+            student_bias=bs,
+            teacher_bias=inputs["teacher_bias"],
+            labels=labels,
+            divergence="js",
+            temperature=1.5,
+            hard_loss_weight=0.4,
+            chunk_size=2,
+        )
 
-    assert torch.autograd.gradcheck(loss, (leaves["student_hidden"], leaves["student_weight"],
-                                           leaves["student_bias"]))
+    assert torch.autograd.gradcheck(loss, (leaves["student_hidden"], leaves["student_weight"], leaves["student_bias"]))
 
 
 def test_non_contiguous_shifted_hidden_states(device):

@@ -113,8 +113,11 @@ def test_half_precision_within_twice_eager_error(dtype, device):
     e_lp, e_ent = ref.sequence_logprobs(eager, labels, return_entropy=True)
     (e_lp * grads[0].to(dtype) + e_ent * grads[1].to(dtype)).sum().backward()
     assert outs[0].dtype == torch.float32 and grad.dtype == dtype
-    for mine, theirs, truth in ((outs[0], e_lp, truth_outs[0]), (outs[1], e_ent, truth_outs[1]),
-                                (grad, eager.grad, truth_grad)):
+    for mine, theirs, truth in (
+        (outs[0], e_lp, truth_outs[0]),
+        (outs[1], e_ent, truth_outs[1]),
+        (grad, eager.grad, truth_grad),
+    ):
         scale = truth.abs().max()
         err = ((mine.double() - truth).abs().max() / scale).item()
         eager_err = ((theirs.double() - truth).abs().max() / scale).item()
@@ -140,8 +143,7 @@ def test_unused_entropy_gives_the_logprob_gradient(device):
 def test_all_ignored_and_batch_of_one(device):
     logits, labels = _inputs((1, 3), 11, device=device)
     labels.fill_(-100)
-    outs, grad = _fused(logits, labels, [torch.ones(1, 3, dtype=torch.float64, device=device)] * 2,
-                        return_entropy=True)
+    outs, grad = _fused(logits, labels, [torch.ones(1, 3, dtype=torch.float64, device=device)] * 2, return_entropy=True)
     assert (outs[0] == 0).all() and (outs[1] == 0).all() and (grad == 0).all()
     labels = torch.tensor([[5, 2, 7]], device=device)
     outs, grad = _fused(logits, labels, [torch.ones(1, 3, dtype=torch.float64, device=device)])
@@ -201,13 +203,25 @@ def test_labels_out_of_range_give_nan_on_cuda():
         (lambda z, y: fdiv_ops.sequence_logprobs(z, y, ignore_index=1.5), TypeError, "ignore_index must be an int"),
         (lambda z, y: fdiv_ops.sequence_logprobs(z[..., :0], y), ValueError, "V >= 1"),
         (lambda z, y: fdiv_ops.sequence_logprobs(z.long(), y), TypeError, "logits must have a floating dtype"),
-        (lambda z, y: fdiv_ops.fused_linear_sequence_logprobs(z, torch.randn(5, 3, dtype=torch.float64), y), ValueError,
-         "weight must have shape"),
-        (lambda z, y: fdiv_ops.fused_linear_sequence_logprobs(z, torch.randn(5, 8, dtype=torch.float64), y,
-                                                              chunk_size=0), ValueError, "chunk_size must be"),
-        (lambda z, y: fdiv_ops.fused_linear_sequence_logprobs(z, torch.randn(5, 8, dtype=torch.float64), y,
-                                                              bias=torch.randn(4, dtype=torch.float64)),
-         ValueError, "bias must have shape"),
+        (
+            lambda z, y: fdiv_ops.fused_linear_sequence_logprobs(z, torch.randn(5, 3, dtype=torch.float64), y),
+            ValueError,
+            "weight must have shape",
+        ),
+        (
+            lambda z, y: fdiv_ops.fused_linear_sequence_logprobs(
+                z, torch.randn(5, 8, dtype=torch.float64), y, chunk_size=0
+            ),
+            ValueError,
+            "chunk_size must be",
+        ),
+        (
+            lambda z, y: fdiv_ops.fused_linear_sequence_logprobs(
+                z, torch.randn(5, 8, dtype=torch.float64), y, bias=torch.randn(4, dtype=torch.float64)
+            ),
+            ValueError,
+            "bias must have shape",
+        ),
     ],
 )
 def test_bad_input_names_the_argument(call, error, message):
@@ -230,10 +244,27 @@ def test_opcheck():
     torch.library.opcheck(_linear_op, (hidden, weight, bias, flat, -100, 1.0, True, 4))
     torch.library.opcheck(_linear_op, (hidden, weight, None, flat, -100, 1.0, False, 2))
     _, ent, stats = _linear_op(hidden.detach(), weight.detach(), bias.detach(), flat, -100, 1.0, True, 4)
-    torch.library.opcheck(_linear_backward_op, (hidden.detach(), weight.detach(), bias.detach(), flat, stats, ent,
-                                                torch.randn(6), torch.randn(6), -100, 1.0, 4, True))
-    torch.library.opcheck(_linear_backward_op, (hidden.detach(), weight.detach(), None, flat, stats, ent,
-                                                torch.randn(6), None, -100, 1.0, 4, False))
+    torch.library.opcheck(
+        _linear_backward_op,
+        (
+            hidden.detach(),
+            weight.detach(),
+            bias.detach(),
+            flat,
+            stats,
+            ent,
+            torch.randn(6),
+            torch.randn(6),
+            -100,
+            1.0,
+            4,
+            True,
+        ),
+    )
+    torch.library.opcheck(
+        _linear_backward_op,
+        (hidden.detach(), weight.detach(), None, flat, stats, ent, torch.randn(6), None, -100, 1.0, 4, False),
+    )
 
 
 def test_torch_compile_fullgraph():
@@ -264,12 +295,20 @@ def test_fused_linear_matches_reference(chunk_size, with_bias, device):
     bias = torch.randn(37, dtype=torch.float64, device=device) if with_bias else None
     labels = torch.randint(0, 37, (2, 5), device=device)
     labels[1, 3] = -100
-    g_lp, g_ent = torch.randn(2, 5, dtype=torch.float64, device=device), torch.randn(2, 5, dtype=torch.float64,
-                                                                                    device=device)
+    g_lp, g_ent = (
+        torch.randn(2, 5, dtype=torch.float64, device=device),
+        torch.randn(2, 5, dtype=torch.float64, device=device),
+    )
     params = [t.clone().requires_grad_() for t in (hidden, weight) + ((bias,) if with_bias else ())]
     lp, ent = fdiv_ops.fused_linear_sequence_logprobs(
-        params[0], params[1], labels, bias=params[2] if with_bias else None, temperature=0.8, return_entropy=True,
-        chunk_size=chunk_size)
+        params[0],
+        params[1],
+        labels,
+        bias=params[2] if with_bias else None,
+        temperature=0.8,
+        return_entropy=True,
+        chunk_size=chunk_size,
+    )
     (lp * g_lp + ent * g_ent).sum().backward()
     want = [t.clone().requires_grad_() for t in (hidden, weight) + ((bias,) if with_bias else ())]
     logits = want[0] @ want[1].t() + (want[2] if with_bias else 0)

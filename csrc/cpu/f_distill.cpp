@@ -17,8 +17,8 @@ namespace {
 using cpu::to_float;
 
 template <typename T, typename A>
-__attribute__((always_inline)) inline void chunk_sums_impl(const T* x, const T* t, const T* f, int64_t n,
-                                                           A* abs_sum, A* sq_sum) {
+__attribute__((always_inline)) inline void chunk_sums_impl(const T* x, const T* t, const T* f, int64_t n, A* abs_sum,
+                                                           A* sq_sum) {
   A sa = 0, ss = 0;
 #pragma omp simd reduction(+ : sa, ss)
   for (int64_t i = 0; i < n; ++i) {
@@ -41,12 +41,12 @@ __attribute__((always_inline)) inline void chunk_grad_impl(const T* t, const T* 
 }
 
 // Non-template entry points so that target_clones can multiversion them (it does not apply to templates).
-#define FDIV_CHUNK_FNS(T, A)                                                                         \
-  FDIV_CPU_CLONES void chunk_sums(const T* x, const T* t, const T* f, int64_t n, A* sa, A* ss) {     \
-    chunk_sums_impl<T, A>(x, t, f, n, sa, ss);                                                       \
-  }                                                                                                  \
-  FDIV_CPU_CLONES void chunk_grad(const T* t, const T* f, int64_t n, A w, T* g) {                    \
-    chunk_grad_impl<T, A>(t, f, n, w, g);                                                            \
+#define FDIV_CHUNK_FNS(T, A)                                                                     \
+  FDIV_CPU_CLONES void chunk_sums(const T* x, const T* t, const T* f, int64_t n, A* sa, A* ss) { \
+    chunk_sums_impl<T, A>(x, t, f, n, sa, ss);                                                   \
+  }                                                                                              \
+  FDIV_CPU_CLONES void chunk_grad(const T* t, const T* f, int64_t n, A w, T* g) {                \
+    chunk_grad_impl<T, A>(t, f, n, w, g);                                                        \
   }
 FDIV_CHUNK_FNS(float, float)
 FDIV_CHUNK_FNS(double, double)
@@ -54,7 +54,8 @@ FDIV_CHUNK_FNS(cpu::bf16, float)
 FDIV_CHUNK_FNS(cpu::f16, float)
 #undef FDIV_CHUNK_FNS
 
-template <typename A> struct SampleWeight {
+template <typename A>
+struct SampleWeight {
   const A* h;
   A h_den, eps, scale;
   int64_t dim;

@@ -27,7 +27,8 @@ using cpu::to_float;
 
 constexpr int64_t kBlock = 1024;  // 4 KiB of float: the block stays in L1 between its two sweeps
 
-template <typename A> struct RowSums {
+template <typename A>
+struct RowSums {
   A m, S, W;  // running max of s, sum of e^(s - m), sum of e^(s - m) (s - m)
 };
 
@@ -79,7 +80,7 @@ __attribute__((always_inline)) inline RowSums<A> row_sums_impl(const T* z, int64
 // dL/dz_v = inv_t [ g (1[v = y] - p_v) - g_h p_v (log p_v + H) ]; the label's term is added by the caller.
 template <typename T, typename A, bool kEntropy>
 __attribute__((always_inline)) inline void row_grad_impl(const T* z, int64_t V, A inv_t, A m, A log_s, A g, A g_h,
-                                                        A entropy, T* out) {
+                                                         A entropy, T* out) {
   const A a = -inv_t * g, b = -inv_t * g_h;
 #pragma omp simd
   for (int64_t v = 0; v < V; ++v) {
@@ -93,7 +94,7 @@ __attribute__((always_inline)) inline void row_grad_impl(const T* z, int64_t V, 
 
 // Non-template entry points so that target_clones can multiversion them (it does not apply to templates).
 #define FDIV_ROW_FNS(T, A)                                                                                     \
-  FDIV_CPU_CLONES RowSums<A> row_sums(const T* z, int64_t V, A inv_t, bool entropy) {                         \
+  FDIV_CPU_CLONES RowSums<A> row_sums(const T* z, int64_t V, A inv_t, bool entropy) {                          \
     return entropy ? row_sums_impl<T, A, true>(z, V, inv_t) : row_sums_impl<T, A, false>(z, V, inv_t);         \
   }                                                                                                            \
   FDIV_CPU_CLONES void row_grad(const T* z, int64_t V, A inv_t, A m, A log_s, A g, A g_h, A entropy, T* out) { \

@@ -30,7 +30,8 @@ constexpr int kOnChipItems = 32;  // elements per thread kept in registers on th
 constexpr int64_t kOnChipMaxDim = int64_t(kThreads) * kOnChipItems;
 constexpr int kMaxGridY = 65535;
 
-template <typename A> __device__ __forceinline__ A h_denominator(const A* stats) {
+template <typename A>
+__device__ __forceinline__ A h_denominator(const A* stats) {
   return stats ? stats[0] / stats[1] + A(1e-6) : A(1);
 }
 
@@ -343,15 +344,15 @@ int launch_f_distill(const FDistillArgs& a, cudaStream_t s) {
   A* partial = static_cast<A*>(a.workspace);
   A* grad_scale = partial + 2 * B * nchunks;
 
-  const auto addr = reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(t) |
-                    reinterpret_cast<uintptr_t>(f) | reinterpret_cast<uintptr_t>(g);
+  const auto addr = reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(t) | reinterpret_cast<uintptr_t>(f) |
+                    reinterpret_cast<uintptr_t>(g);
   const bool vec = addr % 16 == 0 && (D * int64_t(sizeof(T))) % 16 == 0;
   const int64_t slice = ((D + kClusterBlocks - 1) / kClusterBlocks + 7) / 8 * 8;
   const size_t smem = static_cast<size_t>(slice) * sizeof(A);
   bool done = false;
   if (D <= kOnChipMaxDim) {
-    on_chip_kernel<T><<<static_cast<unsigned>(B), kThreads, 0, s>>>(x, t, f, D, h, stats, A(a.eps), A(a.scale), g,
-                                                                    partial);
+    on_chip_kernel<T>
+        <<<static_cast<unsigned>(B), kThreads, 0, s>>>(x, t, f, D, h, stats, A(a.eps), A(a.scale), g, partial);
     done = true;
   } else if (int64_t(smem) <= kClusterMaxSmemBytes && B <= kMaxGridY && device_has_clusters()) {
     done = vec ? try_launch_cluster<T, true>(a, slice, smem, s) : try_launch_cluster<T, false>(a, slice, smem, s);

@@ -31,15 +31,29 @@ using cuda::Vec16;
 
 constexpr int kThreads = 512;
 
-template <typename A> __device__ __forceinline__ A neg_inf() { return -pos_inf<A>(); }
-template <typename A> __device__ __forceinline__ A max_finite();
-template <> __device__ __forceinline__ float max_finite<float>() { return 3.402823466e38f; }
-template <> __device__ __forceinline__ double max_finite<double>() { return 1.7976931348623157e308; }
+template <typename A>
+__device__ __forceinline__ A neg_inf() {
+  return -pos_inf<A>();
+}
+template <typename A>
+__device__ __forceinline__ A max_finite();
+template <>
+__device__ __forceinline__ float max_finite<float>() {
+  return 3.402823466e38f;
+}
+template <>
+__device__ __forceinline__ double max_finite<double>() {
+  return 1.7976931348623157e308;
+}
 // q psi clamped to the finite range so that inf - inf never makes the gradient NaN (see the CPU kernel).
-template <typename A> __device__ __forceinline__ A finite(A x) { return clamp_(x, -max_finite<A>(), max_finite<A>()); }
+template <typename A>
+__device__ __forceinline__ A finite(A x) {
+  return clamp_(x, -max_finite<A>(), max_finite<A>());
+}
 
 // Online log-sum-exp state of one side: LSE = m + log(s).
-template <typename A> struct Lse {
+template <typename A>
+struct Lse {
   A m, s;
   __device__ __forceinline__ void add(A x) {
     const A nm = fmax_(m, x);
@@ -53,11 +67,13 @@ template <typename A> struct Lse {
     return {nm, a.s * fexp(a.m - nm) + b.s * fexp(b.m - nm)};
   }
 };
-template <typename A> struct Lse2 {
+template <typename A>
+struct Lse2 {
   Lse<A> z, t;
 };
 struct MergeLse2 {
-  template <typename A> __device__ __forceinline__ Lse2<A> operator()(const Lse2<A>& a, const Lse2<A>& b) const {
+  template <typename A>
+  __device__ __forceinline__ Lse2<A> operator()(const Lse2<A>& a, const Lse2<A>& b) const {
     return {Lse<A>::merge(a.z, b.z), Lse<A>::merge(a.t, b.t)};
   }
 };
@@ -117,7 +133,8 @@ __device__ __forceinline__ void write_each(const T* x, T* g, int64_t n, Fn value
   for (int64_t j = done + threadIdx.x; j < n; j += kThreads) g[j] = from_acc<T>(value(j, to_acc(x[j])));
 }
 
-template <typename T> __device__ __forceinline__ void zero_row(T* g, int64_t n) {
+template <typename T>
+__device__ __forceinline__ void zero_row(T* g, int64_t n) {
   for (int64_t j = threadIdx.x; j < n; j += kThreads) g[j] = from_acc<T>(acc_t<T>(0));
 }
 
@@ -188,9 +205,8 @@ __global__ __launch_bounds__(kThreads) void dense_kernel(FDivergenceArgs a, Dive
     if (inv_t != A(1)) {
       Lse<A> one{neg_inf<A>(), A(0)};
       for_each<kVec>(z, Vs, [&](int64_t, A zv) { one.add(zv); });
-      const Lse<A> all1 = OneReduce(tmp_one).Reduce(one, [](const Lse<A>& u, const Lse<A>& v) {
-        return Lse<A>::merge(u, v);
-      });
+      const Lse<A> all1 =
+          OneReduce(tmp_one).Reduce(one, [](const Lse<A>& u, const Lse<A>& v) { return Lse<A>::merge(u, v); });
       if (threadIdx.x == 0) {
         sh_one[0] = all1.m;
         sh_one[1] = flog(all1.s);
@@ -260,7 +276,8 @@ __global__ __launch_bounds__(kThreads) void dense_kernel(FDivergenceArgs a, Dive
   }
 }
 
-template <typename A> struct TopkSums {
+template <typename A>
+struct TopkSums {
   A q_top, p_top, loss, s, bad;
   __device__ __forceinline__ TopkSums operator+(const TopkSums& o) const {
     return {q_top + o.q_top, p_top + o.p_top, loss + o.loss, s + o.s, bad + o.bad};
@@ -356,7 +373,8 @@ __global__ __launch_bounds__(kThreads) void topk_kernel(FDivergenceTopkArgs a, D
   }
 }
 
-template <typename T> bool aligned(const void* p, int64_t row_elems) {
+template <typename T>
+bool aligned(const void* p, int64_t row_elems) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0 && (row_elems * int64_t(sizeof(T))) % 16 == 0;
 }
 

@@ -24,22 +24,31 @@ using cuda::Vec16;
 constexpr int kThreads = 256;
 constexpr unsigned kMaxGrid = 1u << 30;
 
-template <typename A> struct Online {
+template <typename A>
+struct Online {
   A m, S, W;  // max of s, sum e^(s - m), sum e^(s - m) (s - m)
 };
 
-template <typename A> __device__ __forceinline__ A neg_inf() { return -pos_inf<A>(); }
-template <typename A> __device__ __forceinline__ A quiet_nan() { return std::numeric_limits<A>::quiet_NaN(); }
+template <typename A>
+__device__ __forceinline__ A neg_inf() {
+  return -pos_inf<A>();
+}
+template <typename A>
+__device__ __forceinline__ A quiet_nan() {
+  return std::numeric_limits<A>::quiet_NaN();
+}
 
 // (S, W) of `st` re-expressed relative to a larger max M; an empty state stays empty (no -inf * 0).
-template <typename A> __device__ __forceinline__ Online<A> shift_to(const Online<A>& st, A M) {
+template <typename A>
+__device__ __forceinline__ Online<A> shift_to(const Online<A>& st, A M) {
   if (st.S == A(0)) return {M, A(0), A(0)};
   const A sc = fexp(st.m - M);
   return {M, sc * st.S, sc * (st.W + (st.m - M) * st.S)};
 }
 
 struct MergeOnline {
-  template <typename A> __device__ __forceinline__ Online<A> operator()(const Online<A>& a, const Online<A>& b) const {
+  template <typename A>
+  __device__ __forceinline__ Online<A> operator()(const Online<A>& a, const Online<A>& b) const {
     const A M = fmax_(a.m, b.m);
     if (M == neg_inf<A>()) return {M, A(0), A(0)};
     const Online<A> x = shift_to(a, M), y = shift_to(b, M);

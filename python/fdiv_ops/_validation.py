@@ -29,8 +29,9 @@ def check_float_tensor(name: str, value: object) -> torch.Tensor:
     return value
 
 
-def check_same(name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor, *, shape: bool = True,
-               dtype: bool = True) -> None:
+def check_same(
+    name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor, *, shape: bool = True, dtype: bool = True
+) -> None:
     if value.device != ref.device:
         raise ValueError(f"{name} must be on the same device as {ref_name} ({ref.device}), got {value.device}")
     if dtype and value.dtype != ref.dtype:

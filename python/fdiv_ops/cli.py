@@ -59,8 +59,10 @@ def _bench(args) -> int:
     valid_ops = ", ".join(available) or "none"
     for op in args.ops:
         if op in missing:
-            return _error(f"op {op!r} is not in this build of fdiv_ops (fdiv_ops.{missing[op]} is missing); "
-                          f"valid ops: {valid_ops}")
+            return _error(
+                f"op {op!r} is not in this build of fdiv_ops (fdiv_ops.{missing[op]} is missing); "
+                f"valid ops: {valid_ops}"
+            )
         if op not in available:
             return _error(f"unknown op {op!r}; valid ops: {valid_ops}")
     ops = list(dict.fromkeys(args.ops)) or list(available)
@@ -72,9 +74,11 @@ def _bench(args) -> int:
         return _error(f"--providers is empty; valid providers: {', '.join(PROVIDERS)}")
     provider_names = list(dict.fromkeys(provider_names))
     if args.device == "cuda" and not cuda_available():
-        return _error("--device cuda asked for, but no CUDA device is usable by fdiv_ops "
-                      f"(torch CUDA: {torch.version.cuda or 'none'}, cuda_status: "
-                      f"{build_info().get('cuda_status')}); use --device cpu")
+        return _error(
+            "--device cuda asked for, but no CUDA device is usable by fdiv_ops "
+            f"(torch CUDA: {torch.version.cuda or 'none'}, cuda_status: "
+            f"{build_info().get('cuda_status')}); use --device cpu"
+        )
     if args.plot and matplotlib_missing():
         return _error(matplotlib_missing())
     if args.threads is not None:
@@ -107,20 +111,33 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="what was built and which devices are usable").set_defaults(fn=_info)
     bench = sub.add_parser(
-        "bench", help="time fdiv_ops against eager PyTorch, torch.compile and Liger-Kernel",
+        "bench",
+        help="time fdiv_ops against eager PyTorch, torch.compile and Liger-Kernel",
         description="Forward and forward+backward time, bandwidth against the measured copy bandwidth, "
-                    "peak memory, speed-ups and max relative error vs float64, per op, size and provider.",
+        "peak memory, speed-ups and max relative error vs float64, per op, size and provider.",
     )
     bench.add_argument("ops", nargs="*", metavar="OP", help="ops to run (default: every op in this build)")
-    bench.add_argument("--device", choices=["cpu", "cuda"], default=None,
-                       help="default: cuda when fdiv_ops can use a GPU, else cpu")
+    bench.add_argument(
+        "--device", choices=["cpu", "cuda"], default=None, help="default: cuda when fdiv_ops can use a GPU, else cpu"
+    )
     bench.add_argument("--dtype", choices=list(DTYPES), default="fp32")
-    bench.add_argument("--preset", choices=["tiny", "quick", "full"], default="quick",
-                       help="sizes: quick (default, < 2 min on a 2-core CPU), full, tiny (tests)")
-    bench.add_argument("--providers", default=",".join(PROVIDERS),
-                       help=f"comma-separated subset of {','.join(PROVIDERS)} (default: all; liger needs CUDA)")
-    bench.add_argument("--threads", type=int, default=None,
-                       help="CPU threads for torch and fdiv_ops (default: torch's default, one per core)")
+    bench.add_argument(
+        "--preset",
+        choices=["tiny", "quick", "full"],
+        default="quick",
+        help="sizes: quick (default, < 2 min on a 2-core CPU), full, tiny (tests)",
+    )
+    bench.add_argument(
+        "--providers",
+        default=",".join(PROVIDERS),
+        help=f"comma-separated subset of {','.join(PROVIDERS)} (default: all; liger needs CUDA)",
+    )
+    bench.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch and fdiv_ops (default: torch's default, one per core)",
+    )
     bench.add_argument("--json", default=None, metavar="PATH", help="write the records to this JSON file")
     bench.add_argument("--plot", default=None, metavar="PATH", help="write speed-up and memory plots to this PNG")
     bench.set_defaults(fn=_bench)

@@ -121,9 +121,18 @@ class FDistillLoss(nn.Module):
                 raise ValueError("time is required when num_time_bins > 0 (the bin of each sample)")
             divisor = self._ratio_divisor(disc_logits, time)
         result = f_distill(
-            x, teacher_x0, fake_x0, disc_logits, divergence=self.divergence, logit_clamp=self.logit_clamp,
-            ratio_clip=self.ratio_clip, normalize=self.normalize, eps=self.eps, reduction=self.reduction,
-            process_group=self.process_group, ratio_divisor=divisor,
+            x,
+            teacher_x0,
+            fake_x0,
+            disc_logits,
+            divergence=self.divergence,
+            logit_clamp=self.logit_clamp,
+            ratio_clip=self.ratio_clip,
+            normalize=self.normalize,
+            eps=self.eps,
+            reduction=self.reduction,
+            process_group=self.process_group,
+            ratio_divisor=divisor,
         )
         self.last_ratio = None if result.ratio is None else result.ratio.detach()
         self.last_h = result.h.detach()
@@ -166,8 +175,14 @@ class FDPG(nn.Module):
     range-checked on CPU only (a check on CUDA would need a host sync).
     """
 
-    def __init__(self, divergence: str | Divergence = "js", *, num_contexts: int = 1,
-                 baseline_momentum: float = 0.99, max_exponent: float = 30.0) -> None:
+    def __init__(
+        self,
+        divergence: str | Divergence = "js",
+        *,
+        num_contexts: int = 1,
+        baseline_momentum: float = 0.99,
+        max_exponent: float = 30.0,
+    ) -> None:
         super().__init__()
         if isinstance(num_contexts, bool) or not isinstance(num_contexts, int) or num_contexts < 1:
             raise ValueError(f"num_contexts must be an int >= 1, got {num_contexts!r}")
@@ -220,9 +235,14 @@ class FDPG(nn.Module):
         self.baseline_ema.copy_(torch.where(seen, m * ema + (1 - m) * mean, ema))
         self.baseline_steps.add_(seen.to(ema.dtype))
 
-    def forward(self, policy_logprobs: torch.Tensor, target_logscores: torch.Tensor, *,
-                proposal_logprobs: torch.Tensor | None = None,
-                context: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self,
+        policy_logprobs: torch.Tensor,
+        target_logscores: torch.Tensor,
+        *,
+        proposal_logprobs: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not isinstance(policy_logprobs, torch.Tensor) or policy_logprobs.dim() != 1:
             raise ValueError("policy_logprobs must be a tensor of shape (B,)")
         ctx = self._context(context, policy_logprobs.shape[0], policy_logprobs.device)
@@ -231,17 +251,23 @@ class FDPG(nn.Module):
             self._update_z(target_logscores.detach().double() - sampler.detach().double(), ctx)
         log_z = self.log_z.to(policy_logprobs.device)[ctx]
         steps = self.baseline_steps.to(policy_logprobs.device)[ctx]
-        corrected = self.baseline_ema.to(policy_logprobs.device)[ctx] / (1 - self.baseline_momentum ** steps)
+        corrected = self.baseline_ema.to(policy_logprobs.device)[ctx] / (1 - self.baseline_momentum**steps)
         baseline = torch.where(steps > 0, corrected, torch.zeros_like(corrected))
         loss, stats = f_dpg_loss(
-            policy_logprobs, target_logscores=target_logscores, log_z=log_z, proposal_logprobs=proposal_logprobs,
-            divergence=self.divergence, baseline=baseline, max_exponent=self.max_exponent,
+            policy_logprobs,
+            target_logscores=target_logscores,
+            log_z=log_z,
+            proposal_logprobs=proposal_logprobs,
+            divergence=self.divergence,
+            baseline=baseline,
+            max_exponent=self.max_exponent,
         )
         if self.training:
             self._update_baseline(stats["pseudo_rewards"].double(), stats["importance_weights"].double(), ctx)
         stats["log_z"] = log_z
         stats["baseline"] = baseline
         return loss, stats
+
 
 class FDivergenceLoss(nn.Module):
     """f_divergence_loss as a module: token-level distillation of a student's logits towards a teacher's.
@@ -279,10 +305,17 @@ class FDivergenceLoss(nn.Module):
         teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         return f_divergence_loss(
-            student_logits, teacher_logits, divergence=self.divergence, temperature=self.temperature,
-            labels=labels, ignore_index=self.ignore_index, reduction=self.reduction,
-            num_items_in_batch=num_items_in_batch, teacher_is_logprobs=self.teacher_is_logprobs,
-            teacher_topk=teacher_topk, max_vocab_pad=self.max_vocab_pad,
+            student_logits,
+            teacher_logits,
+            divergence=self.divergence,
+            temperature=self.temperature,
+            labels=labels,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            num_items_in_batch=num_items_in_batch,
+            teacher_is_logprobs=self.teacher_is_logprobs,
+            teacher_topk=teacher_topk,
+            max_vocab_pad=self.max_vocab_pad,
         )
 
     def extra_repr(self) -> str:
@@ -333,12 +366,25 @@ class FusedLinearFDivergenceLoss(nn.Module):
         num_items_in_batch=None,
     ) -> torch.Tensor:
         return fused_linear_f_divergence(
-            student_hidden, student_weight, teacher_hidden, teacher_weight, student_bias=student_bias,
-            teacher_bias=teacher_bias, labels=labels, divergence=self.divergence, temperature=self.temperature,
-            ignore_index=self.ignore_index, hard_loss_weight=self.hard_loss_weight, reduction=self.reduction,
-            num_items_in_batch=num_items_in_batch, chunk_size=self.chunk_size, max_vocab_pad=self.max_vocab_pad,
+            student_hidden,
+            student_weight,
+            teacher_hidden,
+            teacher_weight,
+            student_bias=student_bias,
+            teacher_bias=teacher_bias,
+            labels=labels,
+            divergence=self.divergence,
+            temperature=self.temperature,
+            ignore_index=self.ignore_index,
+            hard_loss_weight=self.hard_loss_weight,
+            reduction=self.reduction,
+            num_items_in_batch=num_items_in_batch,
+            chunk_size=self.chunk_size,
+            max_vocab_pad=self.max_vocab_pad,
         )
 
     def extra_repr(self) -> str:
-        return (f"divergence={self.divergence}, temperature={self.temperature}, "
-                f"hard_loss_weight={self.hard_loss_weight}, reduction={self.reduction!r}, chunk_size={self.chunk_size}")
+        return (
+            f"divergence={self.divergence}, temperature={self.temperature}, "
+            f"hard_loss_weight={self.hard_loss_weight}, reduction={self.reduction!r}, chunk_size={self.chunk_size}"
+        )

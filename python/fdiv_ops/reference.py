@@ -215,7 +215,11 @@ def f_distill_loss(
 
 
 def sequence_logprobs(
-    logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = -100, temperature: float = 1.0,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    temperature: float = 1.0,
     return_entropy: bool = False,
 ):
     """log_softmax(logits / T) gathered at the labels (0 where ignored), and the entropy when asked."""
@@ -237,8 +241,9 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta=0
     return losses, beta * (policy_chosen - ref_chosen).detach(), beta * (policy_rejected - ref_rejected).detach()
 
 
-def trl_f_dpo_logits(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, divergence="reverse_kl",
-                     alpha_coef=1.0):
+def trl_f_dpo_logits(
+    policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, divergence="reverse_kl", alpha_coef=1.0
+):
     """The argument of TRL's sigmoid in dpo_loss for f_divergence_type reverse_kl / js_divergence /
     alpha_divergence (the formulas of its source, re-derived: u = pi/pi_ref, cap at log(dtype max))."""
     chosen_lr = policy_chosen - ref_chosen
@@ -256,8 +261,9 @@ def trl_f_dpo_logits(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *
     return logits
 
 
-def f_dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, divergence="reverse_kl", beta=0.1,
-               label_smoothing=0.0):
+def f_dpo_loss(
+    policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, divergence="reverse_kl", beta=0.1, label_smoothing=0.0
+):
     """f-DPO from the math: z = beta (psi(r_w) - psi(r_l)), r = pi_ref/pi; rewards beta (psi(r) - psi(1))."""
     l_w, l_l = ref_chosen - policy_chosen, ref_rejected - policy_rejected
     psi_w, psi_l = psi(divergence, l_w), psi(divergence, l_l)
@@ -276,8 +282,17 @@ def group_normalized_advantages(rewards, group_size, eps=1e-8, clip=3.0):
     return torch.cat(out)
 
 
-def f_dpg_loss(policy_logprobs, *, target_logscores=None, log_z=0.0, log_ratio=None, proposal_logprobs=None,
-               divergence="js", baseline="mean", group_size=None):
+def f_dpg_loss(
+    policy_logprobs,
+    *,
+    target_logscores=None,
+    log_z=0.0,
+    log_ratio=None,
+    proposal_logprobs=None,
+    divergence="js",
+    baseline="mean",
+    group_size=None,
+):
     """Eager f-DPG surrogate: -mean(w A log pi) with R = -psi(p/pi) and w = pi/q (no clamping)."""
     with torch.no_grad():
         log_pi = policy_logprobs.detach()
@@ -372,9 +387,7 @@ def f_divergence_topk_loss(
     lp = teacher_logprobs.detach().to(log_q_all.dtype)
     p_rest = (1 - lp.exp().sum(-1, keepdim=True)).clamp_min(0)
     log_p_rest = torch.log(p_rest)
-    row = categorical_divergence(
-        divergence, torch.cat([log_q_top, log_q_rest], -1), torch.cat([lp, log_p_rest], -1)
-    )
+    row = categorical_divergence(divergence, torch.cat([log_q_top, log_q_rest], -1), torch.cat([lp, log_p_rest], -1))
     return _reduce(row, labels, ignore_index, reduction, num_items_in_batch)
 
 
@@ -434,11 +447,16 @@ def fused_linear_f_divergence(
     student_logits = F.linear(student_hidden, student_weight, student_bias)
     with torch.no_grad():
         teacher_logits = F.linear(teacher_hidden, teacher_weight, teacher_bias)
-    row = f_divergence_loss(student_logits, teacher_logits, divergence=divergence, temperature=temperature,
-                            reduction="none")
+    row = f_divergence_loss(
+        student_logits, teacher_logits, divergence=divergence, temperature=temperature, reduction="none"
+    )
     if hard_loss_weight:
         vocab = student_logits.shape[-1]
-        ce = F.cross_entropy(student_logits.reshape(-1, vocab).to(row.dtype), labels.reshape(-1),
-                             ignore_index=ignore_index, reduction="none").reshape(row.shape)
+        ce = F.cross_entropy(
+            student_logits.reshape(-1, vocab).to(row.dtype),
+            labels.reshape(-1),
+            ignore_index=ignore_index,
+            reduction="none",
+        ).reshape(row.shape)
         row = row + hard_loss_weight * ce
     return _reduce(row, labels, ignore_index, reduction, num_items_in_batch)

@@ -11,7 +11,7 @@ namespace fdiv_ops {
 
 struct DivergenceEvalArgs {
   DivergenceSpec divergence;
-  DType dtype;          // float32 or float64
+  DType dtype;  // float32 or float64
   const void* log_ratio;
   int64_t n;
   void* f_out;

@@ -17,32 +17,32 @@
 namespace fdiv_ops {
 
 struct FDistillWeightsArgs {
-  const void* logits;          // (B, K) contiguous, logits_dtype; the K heads are averaged
+  const void* logits;  // (B, K) contiguous, logits_dtype; the K heads are averaged
   DType logits_dtype;
   int64_t batch, heads;
-  const void* ratio_divisor;   // (B,) acc dtype, or null: r_b /= ratio_divisor[b] (time-bin normalisation)
+  const void* ratio_divisor;  // (B,) acc dtype, or null: r_b /= ratio_divisor[b] (time-bin normalisation)
   double logit_clamp, ratio_lo, ratio_hi;
   DivergenceSpec divergence;
-  DType acc_dtype;             // float32 or float64: the dtype of every output below
-  void* ratio_out;             // (B,) clamped (and divided) density ratio r_b
-  void* h_out;                 // (B,) h(r_b)
-  void* h_stats_out;           // (2,) [sum_b h_b, B]: all-reduced across ranks by the caller if needed
+  DType acc_dtype;    // float32 or float64: the dtype of every output below
+  void* ratio_out;    // (B,) clamped (and divided) density ratio r_b
+  void* h_out;        // (B,) h(r_b)
+  void* h_stats_out;  // (2,) [sum_b h_b, B]: all-reduced across ranks by the caller if needed
 };
 
 struct FDistillArgs {
-  const void* x;               // (B, D) contiguous, dtype
+  const void* x;  // (B, D) contiguous, dtype
   const void* teacher_x0;
   const void* fake_x0;
   DType dtype;
   int64_t batch, dim;
-  const void* h;               // (B,) acc dtype, or null for h == 1 (DMD2)
-  const void* h_stats;         // (2,) acc dtype [sum h, count], or null: h is not normalised
+  const void* h;        // (B,) acc dtype, or null for h == 1 (DMD2)
+  const void* h_stats;  // (2,) acc dtype [sum h, count], or null: h is not normalised
   double eps, scale;
-  void* grad;                  // (B, D) dtype: scale * g
-  void* loss;                  // (1,) acc dtype
-  void* normalizer_out;        // (B,) acc dtype: n_b
-  void* weight_out;            // (B,) acc dtype: h_b after normalisation
-  void* workspace;             // acc dtype, f_distill_workspace_elems(B, D, on_cuda) elements
+  void* grad;            // (B, D) dtype: scale * g
+  void* loss;            // (1,) acc dtype
+  void* normalizer_out;  // (B,) acc dtype: n_b
+  void* weight_out;      // (B,) acc dtype: h_b after normalisation
+  void* workspace;       // acc dtype, f_distill_workspace_elems(B, D, on_cuda) elements
 };
 
 constexpr int64_t kFDistillChunkCpu = 1 << 15;

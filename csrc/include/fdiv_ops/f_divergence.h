@@ -27,31 +27,31 @@
 namespace fdiv_ops {
 
 struct FDivergenceArgs {
-  const void* student;         // (rows, Vs) contiguous, dtype
-  const void* teacher;         // (rows, Vt) contiguous, dtype (Python casts it): logits, or log-probs
+  const void* student;  // (rows, Vs) contiguous, dtype
+  const void* teacher;  // (rows, Vt) contiguous, dtype (Python casts it): logits, or log-probs
   DType dtype;
   int64_t rows, student_vocab, teacher_vocab;
-  bool teacher_is_logprobs;    // skip the teacher's log-sum-exp and its temperature
+  bool teacher_is_logprobs;  // skip the teacher's log-sum-exp and its temperature
   double inv_temperature;
   DivergenceSpec divergence;
-  const void* row_scale;       // (rows,) acc dtype: reduction weight of each row (0 = ignored)
-  void* row_loss;              // (rows,) acc dtype: row_scale * loss_r
-  void* grad;                  // (rows, Vs) dtype: d(sum_r row_loss_r)/dz; may alias student
+  const void* row_scale;            // (rows,) acc dtype: reduction weight of each row (0 = ignored)
+  void* row_loss;                   // (rows,) acc dtype: row_scale * loss_r
+  void* grad;                       // (rows, Vs) dtype: d(sum_r row_loss_r)/dz; may alias student
   const int64_t* labels = nullptr;  // (rows,) or nullptr: the hard (cross-entropy) term's targets
-  double hard_weight = 0.0;    // w of the hard term (used only with labels)
+  double hard_weight = 0.0;         // w of the hard term (used only with labels)
 };
 
 struct FDivergenceTopkArgs {
-  const void* student;         // (rows, V) contiguous, dtype
-  const int64_t* indices;      // (rows, k) contiguous: distinct token ids in [0, V)
+  const void* student;           // (rows, V) contiguous, dtype
+  const int64_t* indices;        // (rows, k) contiguous: distinct token ids in [0, V)
   const void* teacher_logprobs;  // (rows, k) contiguous, acc dtype (small: Python casts it)
   DType dtype;
   int64_t rows, vocab, k;
-  double inv_temperature;      // applied to the student only
+  double inv_temperature;  // applied to the student only
   DivergenceSpec divergence;
   const void* row_scale;
   void* row_loss;
-  void* grad;                  // (rows, V) dtype; an out-of-range index makes its row NaN
+  void* grad;  // (rows, V) dtype; an out-of-range index makes its row NaN
 };
 
 // The categorical forms of divergences.h evaluated element-wise (float32 with the CPU's vectorised math,
@@ -59,7 +59,7 @@ struct FDivergenceTopkArgs {
 struct CategoricalEvalArgs {
   const void* log_q;
   const void* log_p;
-  DType dtype;                 // float32 or float64
+  DType dtype;  // float32 or float64
   int64_t n;
   DivergenceSpec divergence;
   void* qf_out;

@@ -32,27 +32,51 @@ FDIV_HD double fsinh(double x) { return sinh(x); }
 FDIV_HD float fabs_(float x) { return fabsf(x); }
 FDIV_HD double fabs_(double x) { return fabs(x); }
 
-template <typename T> FDIV_HD T fmin_(T a, T b) { return a < b ? a : b; }
-template <typename T> FDIV_HD T fmax_(T a, T b) { return a > b ? a : b; }
-template <typename T> FDIV_HD T clamp_(T x, T lo, T hi) { return fmin_(fmax_(x, lo), hi); }
-template <typename T> FDIV_HD bool is_pos_inf(T x) { return x > T(0) && x * T(0.5) == x; }
-template <typename T> FDIV_HD bool is_neg_inf(T x) { return x < T(0) && x * T(0.5) == x; }
-template <typename T> FDIV_HD T pos_inf() { return T(1) / T(0); }
+template <typename T>
+FDIV_HD T fmin_(T a, T b) {
+  return a < b ? a : b;
+}
+template <typename T>
+FDIV_HD T fmax_(T a, T b) {
+  return a > b ? a : b;
+}
+template <typename T>
+FDIV_HD T clamp_(T x, T lo, T hi) {
+  return fmin_(fmax_(x, lo), hi);
+}
+template <typename T>
+FDIV_HD bool is_pos_inf(T x) {
+  return x > T(0) && x * T(0.5) == x;
+}
+template <typename T>
+FDIV_HD bool is_neg_inf(T x) {
+  return x < T(0) && x * T(0.5) == x;
+}
+template <typename T>
+FDIV_HD T pos_inf() {
+  return T(1) / T(0);
+}
 // r * y with the convention 0 * anything = 0 (the x log x -> 0 limit), never NaN from 0 * inf.
-template <typename T> FDIV_HD T mul0(T r, T y) { return (r == T(0) || y == T(0)) ? T(0) : r * y; }
+template <typename T>
+FDIV_HD T mul0(T r, T y) {
+  return (r == T(0) || y == T(0)) ? T(0) : r * y;
+}
 
 // softplus(x) = log(1 + e^x), exact for both tails and for +-inf.
-template <typename T> FDIV_HD T softplus(T x) {
+template <typename T>
+FDIV_HD T softplus(T x) {
   return x > T(0) ? x + flog1p(fexp(-x)) : flog1p(fexp(x));
 }
 // log(e^a + e^b) without overflow; -inf on both sides gives -inf, not NaN.
-template <typename T> FDIV_HD T log_add_exp(T a, T b) {
+template <typename T>
+FDIV_HD T log_add_exp(T a, T b) {
   T hi = fmax_(a, b), lo = fmin_(a, b);
   if (is_neg_inf(hi)) return hi;
   return hi + flog1p(fexp(lo - hi));
 }
 // sigmoid(x) = 1/(1+e^-x) without overflow.
-template <typename T> FDIV_HD T sigmoid(T x) {
+template <typename T>
+FDIV_HD T sigmoid(T x) {
   if (x >= T(0)) return T(1) / (T(1) + fexp(-x));
   T e = fexp(x);
   return e / (T(1) + e);

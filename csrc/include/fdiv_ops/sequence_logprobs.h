@@ -35,9 +35,9 @@ struct SeqLogprobsLayout {
 
 struct SeqLogprobsArgs {
   SeqLogprobsLayout in;
-  void* logprobs;      // (rows,) acc dtype
-  void* entropy;       // (rows,) acc dtype, or null: not computed
-  void* row_stats;     // (rows, 2) acc dtype: (m, log S), saved for the backward
+  void* logprobs;   // (rows,) acc dtype
+  void* entropy;    // (rows,) acc dtype, or null: not computed
+  void* row_stats;  // (rows, 2) acc dtype: (m, log S), saved for the backward
 };
 
 struct SeqLogprobsBackwardArgs {

@@ -21,10 +21,22 @@ namespace fdiv_ops {
 
 // Math through libm on the host and CUDA's math library on the device (double precision and CUDA).
 struct StdMath {
-  template <typename T> static FDIV_HD T exp(T x) { return fexp(x); }
-  template <typename T> static FDIV_HD T expm1(T x) { return fexpm1(x); }
-  template <typename T> static FDIV_HD T log(T x) { return flog(x); }
-  template <typename T> static FDIV_HD T log1p(T x) { return flog1p(x); }
+  template <typename T>
+  static FDIV_HD T exp(T x) {
+    return fexp(x);
+  }
+  template <typename T>
+  static FDIV_HD T expm1(T x) {
+    return fexpm1(x);
+  }
+  template <typename T>
+  static FDIV_HD T log(T x) {
+    return flog(x);
+  }
+  template <typename T>
+  static FDIV_HD T log1p(T x) {
+    return flog1p(x);
+  }
 };
 
 #if !defined(__CUDACC__)
@@ -73,7 +85,7 @@ FDIV_VEC_INLINE float expm1(float x) {
 
 FDIV_VEC_INLINE float log(float x) {
   constexpr float kSqrtHalf = 0.707106781186547524f;
-  const bool denormal = x < 1.17549435e-38f;  // also 0 and negatives, fixed up below
+  const bool denormal = x < 1.17549435e-38f;       // also 0 and negatives, fixed up below
   const float xs = denormal ? x * 8388608.0f : x;  // 2^23
   const int32_t bits = as_int(xs);
   float e = float((bits >> 23) & 0xff) - 126.0f - (denormal ? 23.0f : 0.0f);

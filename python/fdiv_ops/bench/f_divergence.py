@@ -23,8 +23,7 @@ _SIZES = {  # (rows, V) per (preset, device); rows = B·T tokens
     ("quick", "cuda"): [(4096, 32000)],
     ("full", "cuda"): [(4096, 32000), (8192, 32000), (8192, 131072)],
 }
-_DIVERGENCES = {"tiny": ["forward_kl"], "quick": ["forward_kl"],
-                "full": ["forward_kl", "reverse_kl", "gkd_jsd(0.5)"]}
+_DIVERGENCES = {"tiny": ["forward_kl"], "quick": ["forward_kl"], "full": ["forward_kl", "reverse_kl", "gkd_jsd(0.5)"]}
 
 
 def _cases(preset: str, device: torch.device) -> list[Case]:

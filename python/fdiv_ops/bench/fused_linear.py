@@ -34,7 +34,7 @@ def _cases(preset: str, device: torch.device) -> list[Case]:
 def _make_inputs(case: Case, dtype: torch.dtype, device: torch.device) -> Inputs:
     gen = torch.Generator(device="cpu").manual_seed(0)
     rows, hidden, vocab = case.shape
-    scale = hidden ** -0.5  # logits of order one
+    scale = hidden**-0.5  # logits of order one
     student_hidden = torch.randn(rows, hidden, generator=gen)
     teacher_hidden = torch.randn(rows, hidden, generator=gen)
     student_weight = scale * torch.randn(vocab, hidden, generator=gen)
@@ -60,6 +60,7 @@ def _reference(case: Case):
     divergence = case.params["divergence"]
     mirror = getattr(reference, "fused_linear_f_divergence", None)
     if mirror is not None:
+
         def eager(student_hidden, student_weight, teacher_hidden, teacher_weight):
             return mirror(student_hidden, student_weight, teacher_hidden, teacher_weight, divergence=divergence)
 

@@ -26,8 +26,10 @@ CPU_NOTE = (
     "CPU peak MB (MiB, 2^20 bytes): growth of the peak RSS of a fresh subprocess per provider during one "
     "fwd+bwd after warm-up, relative to its RSS once the inputs exist"
 )
-CUDA_NOTE = ("CUDA peak MB (MiB, 2^20 bytes): torch.cuda.max_memory_allocated during one fwd+bwd, minus the "
-             "memory allocated before it")
+CUDA_NOTE = (
+    "CUDA peak MB (MiB, 2^20 bytes): torch.cuda.max_memory_allocated during one fwd+bwd, minus the "
+    "memory allocated before it"
+)
 
 _MIB = float(1 << 20)
 
@@ -67,8 +69,16 @@ def cpu_peak_mb(ops: list[str], preset: str, dtype: str, provider: str) -> tuple
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
     env["MALLOC_MMAP_THRESHOLD_"] = str(128 << 10)
-    command = [sys.executable, "-m", "fdiv_ops.bench.memprobe", ",".join(ops), preset, dtype, provider,
-               str(torch.get_num_threads())]
+    command = [
+        sys.executable,
+        "-m",
+        "fdiv_ops.bench.memprobe",
+        ",".join(ops),
+        preset,
+        dtype,
+        provider,
+        str(torch.get_num_threads()),
+    ]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]

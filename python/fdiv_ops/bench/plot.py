@@ -30,8 +30,9 @@ def write_png(records: list[dict], path: str) -> None:
         sizes = list(dict.fromkeys(_label(r) for r in mine))
         names = list(dict.fromkeys(r["provider"] for r in mine))
         width = 0.8 / max(len(names), 1)
-        for column, (key, label) in enumerate((("speedup_vs_eager", "fwd+bwd speed-up over eager (x)"),
-                                               ("peak_mem_mb", "peak memory (MiB)"))):
+        for column, (key, label) in enumerate(
+            (("speedup_vs_eager", "fwd+bwd speed-up over eager (x)"), ("peak_mem_mb", "peak memory (MiB)"))
+        ):
             ax = axes[row][column]
             for k, name in enumerate(names):
                 values = {_label(r): r[key] for r in mine if r["provider"] == name}

@@ -6,8 +6,20 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-COLUMNS = ("op", "shape", "provider", "fwd ms", "fwd+bwd ms", "p20-p80 ms", "GB/s", "% roof", "peak MB",
-           "x eager", "x compile", "max rel err")
+COLUMNS = (
+    "op",
+    "shape",
+    "provider",
+    "fwd ms",
+    "fwd+bwd ms",
+    "p20-p80 ms",
+    "GB/s",
+    "% roof",
+    "peak MB",
+    "x eager",
+    "x compile",
+    "max rel err",
+)
 _LEFT = {"op", "shape", "provider"}
 
 
@@ -30,31 +42,46 @@ def _row(r: dict) -> list[str]:
     spread = "-" if r["fwd_bwd_p20_ms"] is None else f"{r['fwd_bwd_p20_ms']:.3g}-{r['fwd_bwd_p80_ms']:.3g}"
     shape = "x".join(map(str, r["shape"])) + "".join(f" {v}" for v in r["params"].values())
     return [
-        r["op"], shape, r["provider"] + (" *" if r["note"] else ""),
-        _num(r["fwd_ms"], ".3g"), _num(r["fwd_bwd_ms"], ".3g"), spread,
-        _num(r["gbps"], ".3g"), _num(None if r["copy_frac"] is None else 100 * r["copy_frac"], ".0f"),
+        r["op"],
+        shape,
+        r["provider"] + (" *" if r["note"] else ""),
+        _num(r["fwd_ms"], ".3g"),
+        _num(r["fwd_bwd_ms"], ".3g"),
+        spread,
+        _num(r["gbps"], ".3g"),
+        _num(None if r["copy_frac"] is None else 100 * r["copy_frac"], ".0f"),
         _num(r["peak_mem_mb"], ".1f"),
-        _num(r["speedup_vs_eager"], ".2f"), _num(r["speedup_vs_compile"], ".2f"),
+        _num(r["speedup_vs_eager"], ".2f"),
+        _num(r["speedup_vs_compile"], ".2f"),
         _num(r["max_rel_err"], ".1e"),
     ]
 
 
 def _title(head: dict) -> str:
-    return (f"fdiv-ops bench: {head['device_name']}, {head['dtype']}, preset {head['preset']}; "
-            f"device copy bandwidth {head['copy_gbps']:.1f} GB/s")
+    return (
+        f"fdiv-ops bench: {head['device_name']}, {head['dtype']}, preset {head['preset']}; "
+        f"device copy bandwidth {head['copy_gbps']:.1f} GB/s"
+    )
 
 
 def _notes(head: dict, results: list[dict], extra: list[str]) -> list[str]:
     notes = list(head["notes"])
     loads = [head.get("load_avg_1min"), head.get("load_avg_1min_end")]
     if head["device"] == "cpu" and None not in loads:
-        busy = " (busier than the threads used: other processes inflate and spread these timings)" \
-            if max(loads) > head["threads"] else ""
-        notes.append(f"1-minute load average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end, "
-                     f"{head['threads']} threads{busy}")
-    notes.append("fwd/fwd+bwd: median ms (p20-p80 of fwd+bwd); GB/s: bytes a fused fwd+bwd must move / "
-                 "fwd+bwd time; % roof: time of a device copy moving those bytes (timed in the same rounds) / "
-                 "fwd+bwd time; x eager / x compile: fwd+bwd speed-up")
+        busy = (
+            " (busier than the threads used: other processes inflate and spread these timings)"
+            if max(loads) > head["threads"]
+            else ""
+        )
+        notes.append(
+            f"1-minute load average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end, "
+            f"{head['threads']} threads{busy}"
+        )
+    notes.append(
+        "fwd/fwd+bwd: median ms (p20-p80 of fwd+bwd); GB/s: bytes a fused fwd+bwd must move / "
+        "fwd+bwd time; % roof: time of a device copy moving those bytes (timed in the same rounds) / "
+        "fwd+bwd time; x eager / x compile: fwd+bwd speed-up"
+    )
     seen = set()
     for r in results:
         if r["note"] and (r["provider"], r["note"]) not in seen:
@@ -113,8 +140,14 @@ class ProgressDisplay:
         if self._console is not None:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self._bar = Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=self._console, transient=True)
+            self._bar = Progress(
+                TextColumn("{task.description:<40}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self._console,
+                transient=True,
+            )
             self._bar.start()
             self._task = self._bar.add_task("starting", total=self.total)
         return self

@@ -83,14 +83,31 @@ def header(device: torch.device, dtype: str, preset: str, provider_names: list[s
 
 def _empty_record(bench: OpBench, case: Case, dtype: str, device: torch.device, provider: str) -> dict:
     return {
-        "record": "result", "op": bench.name, "shape": list(case.shape), "params": dict(case.params),
-        "dtype": dtype, "device": device.type, "provider": provider,
-        "fwd_ms": None, "fwd_p20_ms": None, "fwd_p80_ms": None,
-        "fwd_bwd_ms": None, "fwd_bwd_p20_ms": None, "fwd_bwd_p80_ms": None, "reps": None,
-        "warmup_s": None, "bytes_moved": bench.bytes_moved(case, DTYPES[dtype]), "gbps": None, "copy_ms": None,
+        "record": "result",
+        "op": bench.name,
+        "shape": list(case.shape),
+        "params": dict(case.params),
+        "dtype": dtype,
+        "device": device.type,
+        "provider": provider,
+        "fwd_ms": None,
+        "fwd_p20_ms": None,
+        "fwd_p80_ms": None,
+        "fwd_bwd_ms": None,
+        "fwd_bwd_p20_ms": None,
+        "fwd_bwd_p80_ms": None,
+        "reps": None,
+        "warmup_s": None,
+        "bytes_moved": bench.bytes_moved(case, DTYPES[dtype]),
+        "gbps": None,
+        "copy_ms": None,
         "copy_frac": None,
-        "peak_mem_mb": None, "speedup_vs_eager": None, "speedup_vs_compile": None,
-        "fwd_speedup_vs_eager": None, "fwd_speedup_vs_compile": None, "max_rel_err": None,
+        "peak_mem_mb": None,
+        "speedup_vs_eager": None,
+        "speedup_vs_compile": None,
+        "fwd_speedup_vs_eager": None,
+        "fwd_speedup_vs_compile": None,
+        "max_rel_err": None,
         "note": None,
     }
 
@@ -137,9 +154,15 @@ def _time(records: dict[str, dict], fns: dict, inputs, device: torch.device, pla
     copy_ms = timings[("copy", "copy")].median_ms
     for name in fns:
         record, fwd, fwd_bwd = records[name], timings[(name, "fwd")], timings[(name, "fwd_bwd")]
-        record.update(fwd_ms=fwd.median_ms, fwd_p20_ms=fwd.p20_ms, fwd_p80_ms=fwd.p80_ms,
-                      fwd_bwd_ms=fwd_bwd.median_ms, fwd_bwd_p20_ms=fwd_bwd.p20_ms, fwd_bwd_p80_ms=fwd_bwd.p80_ms,
-                      reps=fwd_bwd.reps)
+        record.update(
+            fwd_ms=fwd.median_ms,
+            fwd_p20_ms=fwd.p20_ms,
+            fwd_p80_ms=fwd.p80_ms,
+            fwd_bwd_ms=fwd_bwd.median_ms,
+            fwd_bwd_p20_ms=fwd_bwd.p20_ms,
+            fwd_bwd_p80_ms=fwd_bwd.p80_ms,
+            reps=fwd_bwd.reps,
+        )
         record["gbps"] = record["bytes_moved"] / (fwd_bwd.median_ms * 1e-3) / 1e9
         record["copy_ms"] = copy_ms
         record["copy_frac"] = copy_ms / fwd_bwd.median_ms  # = gbps / (bandwidth of the same-size copy)
@@ -161,8 +184,9 @@ def _speedups(records: list[dict]) -> None:
                 r[f"fwd_speedup_vs_{base}"] = ref["fwd_ms"] / r["fwd_ms"]
 
 
-def count_steps(ops: list[str], device: torch.device, preset: str, provider_names: list[str],
-                measure_memory: bool = True) -> int:
+def count_steps(
+    ops: list[str], device: torch.device, preset: str, provider_names: list[str], measure_memory: bool = True
+) -> int:
     """How many times ``run`` calls ``progress``: per (op, size) once per provider (its first call and
     error check) and once for the interleaved timing, plus once per provider for its CPU memory
     subprocess."""
@@ -175,8 +199,15 @@ def _failed(exc: Exception) -> str:
     return f"failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
 
 
-def _run_case(bench: OpBench, case: Case, device: torch.device, dtype: str, provider_names: list[str], plan,
-              progress: Progress | None) -> list[dict]:
+def _run_case(
+    bench: OpBench,
+    case: Case,
+    device: torch.device,
+    dtype: str,
+    provider_names: list[str],
+    plan,
+    progress: Progress | None,
+) -> list[dict]:
     torch._dynamo.reset()  # a fresh compile per size: no recompile limit across sizes
     inputs = providers.require_grads(bench.make_inputs(case, DTYPES[dtype], device))
     want, no_reference = _reference_outputs(bench, case, inputs)
@@ -210,8 +241,9 @@ def _run_case(bench: OpBench, case: Case, device: torch.device, dtype: str, prov
     return results
 
 
-def _cpu_memory(results: list[dict], ops: list[str], preset: str, dtype: str, provider_names: list[str],
-                progress: Progress | None) -> None:
+def _cpu_memory(
+    results: list[dict], ops: list[str], preset: str, dtype: str, provider_names: list[str], progress: Progress | None
+) -> None:
     """Fill peak_mem_mb of the CPU records: one fresh subprocess per provider, covering every op and size
     (the probe resets the peak-RSS mark before each size)."""
     for name in provider_names:
@@ -232,8 +264,16 @@ def _cpu_memory(results: list[dict], ops: list[str], preset: str, dtype: str, pr
                     record["note"] = notes.get(op) or "peak memory not measured"
 
 
-def run(ops: list[str], device: torch.device, dtype: str, preset: str, provider_names: list[str], *,
-        measure_memory: bool = True, progress: Progress | None = None) -> list[dict]:
+def run(
+    ops: list[str],
+    device: torch.device,
+    dtype: str,
+    preset: str,
+    provider_names: list[str],
+    *,
+    measure_memory: bool = True,
+    progress: Progress | None = None,
+) -> list[dict]:
     """[header, record, ...] for every (op, size of the preset, provider)."""
     known = registry.available()
     head = header(device, dtype, preset, provider_names, ops)

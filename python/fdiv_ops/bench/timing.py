@@ -67,9 +67,7 @@ def measure_ms(fn: Callable[[], object], device: torch.device, plan: TimingPlan)
         torch.cuda.synchronize(device)
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < plan.min_reps or (
-        len(times) < plan.max_reps and time.perf_counter() - start < plan.min_time_s
-    ):
+    while len(times) < plan.min_reps or (len(times) < plan.max_reps and time.perf_counter() - start < plan.min_time_s):
         times.append(_one_run_ms(fn, device))
     return summarize(times)
 
@@ -84,8 +82,9 @@ def summarize(times: list[float]) -> Timing:
     return Timing(statistics.median(ordered), p20, p80, len(ordered))
 
 
-def measure_interleaved(steps: dict[Hashable, Callable[[], object]], device: torch.device,
-                        plan: TimingPlan) -> dict[Hashable, Timing]:
+def measure_interleaved(
+    steps: dict[Hashable, Callable[[], object]], device: torch.device, plan: TimingPlan
+) -> dict[Hashable, Timing]:
     """Timing of every step, measured in rotating rounds after ``plan.warmup`` untimed rounds. Stops once
     every step has ``min_reps`` runs and ``min_time_s`` per step has passed, or at ``max_reps``."""
     keys = list(steps)

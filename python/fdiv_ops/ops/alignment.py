@@ -75,15 +75,22 @@ def f_dpo_loss(
     _check_batch("ref_rejected_logps", ref_rejected_logps, "policy_chosen_logps", ref)
     div = resolve(divergence)
     beta = check_positive("beta", beta)
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
-            or not 0.0 <= label_smoothing <= 0.5:
+    if (
+        isinstance(label_smoothing, bool)
+        or not isinstance(label_smoothing, (int, float))
+        or not 0.0 <= label_smoothing <= 0.5
+    ):
         raise ValueError(f"label_smoothing must be a number in [0, 0.5], got {label_smoothing!r}")
     dtype = _compute_dtype(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     cap = _check_exponent(max_exponent)
 
     # log r = log pi_ref - log pi, chosen and rejected in one elementwise call
-    log_ratio = torch.stack([ref_chosen_logps.to(dtype) - policy_chosen_logps.to(dtype),
-                             ref_rejected_logps.to(dtype) - policy_rejected_logps.to(dtype)])
+    log_ratio = torch.stack(
+        [
+            ref_chosen_logps.to(dtype) - policy_chosen_logps.to(dtype),
+            ref_rejected_logps.to(dtype) - policy_rejected_logps.to(dtype),
+        ]
+    )
     _, psi, _ = divergence_terms(clamp_log_ratio(log_ratio, div, cap), div)
     z = beta * (psi[0] - psi[1])
     losses = -F.logsigmoid(z) * (1 - label_smoothing) - F.logsigmoid(-z) * label_smoothing
@@ -98,11 +105,9 @@ def f_dpo_loss(
 
 def _check_group_size(group_size: object, batch: int) -> int:
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
-        raise ValueError(f"group_size must be an int >= 2 (a standard deviation needs two samples), "
-                         f"got {group_size!r}")
+        raise ValueError(f"group_size must be an int >= 2 (a standard deviation needs two samples), got {group_size!r}")
     if batch % group_size != 0:
-        raise ValueError(f"group_size must divide the batch: B = {batch} is not divisible by group_size = "
-                         f"{group_size}")
+        raise ValueError(f"group_size must divide the batch: B = {batch} is not divisible by group_size = {group_size}")
     return group_size
 
 
@@ -141,8 +146,7 @@ def _as_batch_tensor(name: str, value: object, like: torch.Tensor, dtype: torch.
     check_float_tensor(name, value)
     check_same(name, value, "policy_logprobs", like, shape=False, dtype=False)
     if value.shape not in ((), (1,), like.shape):
-        raise ValueError(f"{name} must be a scalar or have shape (B,) = {tuple(like.shape)}, "
-                         f"got {tuple(value.shape)}")
+        raise ValueError(f"{name} must be a scalar or have shape (B,) = {tuple(like.shape)}, got {tuple(value.shape)}")
     return value.detach().to(dtype)
 
 
@@ -202,8 +206,10 @@ def f_dpg_loss(
     if policy_logprobs.dim() != 1 or policy_logprobs.shape[0] == 0:
         raise ValueError(f"policy_logprobs must have shape (B,) with B >= 1, got {tuple(policy_logprobs.shape)}")
     if (target_logscores is None) == (log_ratio is None):
-        raise ValueError("target_logscores and log_ratio: give exactly one (target log-scores log P(x) with "
-                         "log_z, or a discriminator's log density ratio)")
+        raise ValueError(
+            "target_logscores and log_ratio: give exactly one (target log-scores log P(x) with "
+            "log_z, or a discriminator's log density ratio)"
+        )
     if log_ratio is not None and log_z is not None:
         raise ValueError("log_z goes with target_logscores; with log_ratio it must be None")
     div = resolve(divergence)
@@ -212,8 +218,9 @@ def f_dpg_loss(
     if group_size is not None:
         _check_group_size(group_size, batch)
         if not (baseline is None or (isinstance(baseline, str) and baseline == "mean")):
-            raise ValueError("baseline must be 'mean' or None when group_size is given (the group mean is the "
-                             "baseline)")
+            raise ValueError(
+                "baseline must be 'mean' or None when group_size is given (the group mean is the baseline)"
+            )
     elif isinstance(baseline, str) and baseline != "mean":
         raise ValueError(f"baseline must be 'mean', None, a number or a tensor, got {baseline!r}")
     given = [t for t in (target_logscores, log_ratio, proposal_logprobs) if isinstance(t, torch.Tensor)]
@@ -256,4 +263,3 @@ def f_dpg_loss(
         "divergence": divergence_estimate,
     }
     return loss, stats
-

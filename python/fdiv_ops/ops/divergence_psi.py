@@ -29,16 +29,20 @@ def _terms_op(log_ratio: torch.Tensor, kind: int, param: float) -> tuple[torch.T
     f, psi, h = torch.empty_like(l), torch.empty_like(l), torch.empty_like(l)
     on_cuda, stream = device_args(l.device)
     with torch.cuda.device(l.device) if on_cuda else contextlib.nullcontext():
-        _C.divergence_eval(kind, param, DTYPE_CODES[l.dtype], ptr(l), l.numel(), ptr(f), ptr(psi), ptr(h), on_cuda,
-                           stream)
+        _C.divergence_eval(
+            kind, param, DTYPE_CODES[l.dtype], ptr(l), l.numel(), ptr(f), ptr(psi), ptr(h), on_cuda, stream
+        )
     return f, psi, h
 
 
 @_terms_op.register_fake
 def _(log_ratio, kind, param):
     shape = dict(memory_format=torch.contiguous_format)
-    return (torch.empty_like(log_ratio, **shape), torch.empty_like(log_ratio, **shape),
-            torch.empty_like(log_ratio, **shape))
+    return (
+        torch.empty_like(log_ratio, **shape),
+        torch.empty_like(log_ratio, **shape),
+        torch.empty_like(log_ratio, **shape),
+    )
 
 
 def _terms_setup(ctx, inputs, output):
@@ -84,9 +88,7 @@ def clamp_log_ratio(log_ratio: torch.Tensor, div: Divergence, max_exponent: floa
     return log_ratio.clamp(min=lo, max=hi)
 
 
-def divergence_terms(
-    log_ratio: torch.Tensor, div: str | Divergence
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def divergence_terms(log_ratio: torch.Tensor, div: str | Divergence) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(f, psi, h) of a divergence at l = log_ratio, from the C++ functors; float32/float64 (16-bit inputs
     are evaluated in float32). psi carries the gradient -h to log_ratio; f and h are detached. No clamping:
     see clamp_log_ratio for sequence-level log-ratios."""

@@ -41,8 +41,22 @@ def _weights_op(
     on_cuda, stream = device_args(logits.device)
     with torch.cuda.device(logits.device) if on_cuda else contextlib.nullcontext():
         _C.f_distill_weights(
-            ptr(logits), DTYPE_CODES[logits.dtype], batch, heads, ptr(divisor), logit_clamp, ratio_lo, ratio_hi,
-            kind, param, DTYPE_CODES[out_dtype], ptr(ratio), ptr(h), ptr(stats), on_cuda, stream,
+            ptr(logits),
+            DTYPE_CODES[logits.dtype],
+            batch,
+            heads,
+            ptr(divisor),
+            logit_clamp,
+            ratio_lo,
+            ratio_hi,
+            kind,
+            param,
+            DTYPE_CODES[out_dtype],
+            ptr(ratio),
+            ptr(h),
+            ptr(stats),
+            on_cuda,
+            stream,
         )
     return ratio, h, stats
 
@@ -85,8 +99,22 @@ def _f_distill_impl(
             divisor = None if ratio_divisor is None else ratio_divisor.to(acc).contiguous()
             ratio, h, h_stats = (x.new_empty(n, dtype=acc) for n in (batch, batch, 2))
             _C.f_distill_weights(
-                ptr(logits), DTYPE_CODES[logits.dtype], batch, logits.shape[1], ptr(divisor), logit_clamp, ratio_lo,
-                ratio_hi, kind, param, DTYPE_CODES[acc], ptr(ratio), ptr(h), ptr(h_stats), on_cuda, stream,
+                ptr(logits),
+                DTYPE_CODES[logits.dtype],
+                batch,
+                logits.shape[1],
+                ptr(divisor),
+                logit_clamp,
+                ratio_lo,
+                ratio_hi,
+                kind,
+                param,
+                DTYPE_CODES[acc],
+                ptr(ratio),
+                ptr(h),
+                ptr(h_stats),
+                on_cuda,
+                stream,
             )
             if global_h_stats is not None:
                 h_stats = global_h_stats.to(acc).contiguous()
@@ -99,8 +127,24 @@ def _f_distill_impl(
         workspace = x.new_empty(_C.f_distill_workspace_elems(batch, dim, on_cuda), dtype=acc)
         scale = 1.0 / (batch * dim) if reduction == "mean" else 1.0
         _C.f_distill(
-            ptr(x), ptr(teacher_x0), ptr(fake_x0), DTYPE_CODES[x.dtype], batch, dim, ptr(h), ptr(h_stats), eps,
-            scale, ptr(grad), ptr(loss), ptr(normalizer), ptr(weight), ptr(workspace), num_threads(), on_cuda, stream,
+            ptr(x),
+            ptr(teacher_x0),
+            ptr(fake_x0),
+            DTYPE_CODES[x.dtype],
+            batch,
+            dim,
+            ptr(h),
+            ptr(h_stats),
+            eps,
+            scale,
+            ptr(grad),
+            ptr(loss),
+            ptr(normalizer),
+            ptr(weight),
+            ptr(workspace),
+            num_threads(),
+            on_cuda,
+            stream,
         )
     return loss, grad, normalizer, weight, ratio
 
@@ -132,8 +176,10 @@ def _backward(ctx, grad_loss, *_unused_grads):
     # The gradient was written in forward; backward scales it in place on the device: no host sync and no
     # second (B, D) buffer. In-place means one backward per forward, so a second one is refused.
     if ctx.backward_done:
-        raise RuntimeError("fdiv_ops.f_distill_loss: backward ran twice through the same graph "
-                           "(retain_graph=True); the gradient is scaled in place, recompute the loss instead")
+        raise RuntimeError(
+            "fdiv_ops.f_distill_loss: backward ran twice through the same graph "
+            "(retain_graph=True); the gradient is scaled in place, recompute the loss instead"
+        )
     ctx.backward_done = True
     (grad,) = ctx.saved_tensors
     if grad_loss is None:
@@ -216,7 +262,12 @@ def _validate(x, teacher_x0, fake_x0, disc_logits, divergence, logit_clamp, rati
 
 
 def compute_weights(
-    disc_logits: torch.Tensor, div: Divergence, double_precision: bool, logit_clamp: float, lo: float, hi: float,
+    disc_logits: torch.Tensor,
+    div: Divergence,
+    double_precision: bool,
+    logit_clamp: float,
+    lo: float,
+    hi: float,
     ratio_divisor: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(r_b, h_b, [sum h, B]) from the discriminator logits, in the fused kernel."""
@@ -252,8 +303,20 @@ def f_distill(
         )
         dist.all_reduce(global_h_stats, group=process_group)  # [sum h, count] over every rank
     loss, _, normalizer, weight, ratio = _call_f_distill(
-        x, teacher_x0, fake_x0, disc_logits, ratio_divisor, global_h_stats, div.kernel_id, div.kernel_param,
-        logit_clamp, lo, hi, normalize, eps, reduction,
+        x,
+        teacher_x0,
+        fake_x0,
+        disc_logits,
+        ratio_divisor,
+        global_h_stats,
+        div.kernel_id,
+        div.kernel_param,
+        logit_clamp,
+        lo,
+        hi,
+        normalize,
+        eps,
+        reduction,
     )
     return FDistillResult(loss, ratio if disc_logits is not None else None, weight, normalizer)
 
@@ -302,6 +365,15 @@ def f_distill_loss(
     eager reference; finite inputs never produce NaN (eps > 0 keeps the normaliser positive).
     """
     return f_distill(
-        x, teacher_x0, fake_x0, disc_logits, divergence=divergence, logit_clamp=logit_clamp, ratio_clip=ratio_clip,
-        normalize=normalize, eps=eps, reduction=reduction, process_group=process_group,
+        x,
+        teacher_x0,
+        fake_x0,
+        disc_logits,
+        divergence=divergence,
+        logit_clamp=logit_clamp,
+        ratio_clip=ratio_clip,
+        normalize=normalize,
+        eps=eps,
+        reduction=reduction,
+        process_group=process_group,
     ).loss

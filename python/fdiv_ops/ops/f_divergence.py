@@ -44,11 +44,29 @@ def _dense_op(
     row_scale = row_scale.to(acc).contiguous()
     row_loss = student.new_empty(rows, dtype=acc)
     grad = torch.empty_like(student)
-    _run(student.device, lambda on_cuda, stream: _C.f_divergence(
-        ptr(student), ptr(teacher), DTYPE_CODES[student.dtype], rows, student_vocab, teacher.shape[1],
-        teacher_is_logprobs, inv_temperature, kind, param, ptr(row_scale), ptr(row_loss), ptr(grad), 0, 0.0,
-        num_threads(), on_cuda, stream,
-    ))
+    _run(
+        student.device,
+        lambda on_cuda, stream: _C.f_divergence(
+            ptr(student),
+            ptr(teacher),
+            DTYPE_CODES[student.dtype],
+            rows,
+            student_vocab,
+            teacher.shape[1],
+            teacher_is_logprobs,
+            inv_temperature,
+            kind,
+            param,
+            ptr(row_scale),
+            ptr(row_loss),
+            ptr(grad),
+            0,
+            0.0,
+            num_threads(),
+            on_cuda,
+            stream,
+        ),
+    )
     return row_loss, grad
 
 
@@ -56,7 +74,8 @@ def _dense_op(
 def _(student, teacher, row_scale, kind, param, inv_temperature, teacher_is_logprobs):
     acc = acc_dtype(student.dtype)
     return student.new_empty(student.shape[0], dtype=acc), torch.empty_like(
-        student, memory_format=torch.contiguous_format)
+        student, memory_format=torch.contiguous_format
+    )
 
 
 @torch.library.custom_op("fdiv_ops::f_divergence_topk", mutates_args=())
@@ -81,10 +100,27 @@ def _topk_op(
     row_scale = row_scale.to(acc).contiguous()
     row_loss = student.new_empty(rows, dtype=acc)
     grad = torch.empty_like(student)
-    _run(student.device, lambda on_cuda, stream: _C.f_divergence_topk(
-        ptr(student), ptr(indices), ptr(teacher_logprobs), DTYPE_CODES[student.dtype], rows, vocab, k,
-        inv_temperature, kind, param, ptr(row_scale), ptr(row_loss), ptr(grad), num_threads(), on_cuda, stream,
-    ))
+    _run(
+        student.device,
+        lambda on_cuda, stream: _C.f_divergence_topk(
+            ptr(student),
+            ptr(indices),
+            ptr(teacher_logprobs),
+            DTYPE_CODES[student.dtype],
+            rows,
+            vocab,
+            k,
+            inv_temperature,
+            kind,
+            param,
+            ptr(row_scale),
+            ptr(row_loss),
+            ptr(grad),
+            num_threads(),
+            on_cuda,
+            stream,
+        ),
+    )
     return row_loss, grad
 
 
@@ -92,7 +128,8 @@ def _topk_op(
 def _(student, indices, teacher_logprobs, row_scale, kind, param, inv_temperature):
     acc = acc_dtype(student.dtype)
     return student.new_empty(student.shape[0], dtype=acc), torch.empty_like(
-        student, memory_format=torch.contiguous_format)
+        student, memory_format=torch.contiguous_format
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -115,7 +152,8 @@ def _make_backward(n_inputs: int):
         if ctx.backward_done and ctx.scale_in_place:
             raise RuntimeError(
                 "fdiv_ops.f_divergence_loss: backward ran twice through the same graph (retain_graph=True); "
-                "the gradient is scaled in place, recompute the loss instead")
+                "the gradient is scaled in place, recompute the loss instead"
+            )
         ctx.backward_done = True
         (grad,) = ctx.saved_tensors
         factor = grad_row_loss.unsqueeze(-1)
@@ -132,8 +170,9 @@ _topk_op.register_autograd(_make_backward(7), setup_context=_setup_context)
 
 def _check_leading(name: str, value: torch.Tensor, leading: torch.Size, what: str) -> None:
     if value.shape[:-1] != leading:
-        raise ValueError(f"{name} must have the leading shape of student_logits {tuple(leading)} ({what}), "
-                         f"got {tuple(value.shape)}")
+        raise ValueError(
+            f"{name} must have the leading shape of student_logits {tuple(leading)} ({what}), got {tuple(value.shape)}"
+        )
 
 
 def _row_scale(labels, ignore_index, reduction, num_items_in_batch, leading, device, acc):
@@ -151,8 +190,17 @@ def _row_scale(labels, ignore_index, reduction, num_items_in_batch, leading, dev
     return weight / float(num_items_in_batch)
 
 
-def _validate(student_logits, teacher_logits, temperature, labels, reduction, num_items_in_batch,
-              teacher_is_logprobs, teacher_topk, max_vocab_pad):
+def _validate(
+    student_logits,
+    teacher_logits,
+    temperature,
+    labels,
+    reduction,
+    num_items_in_batch,
+    teacher_is_logprobs,
+    teacher_topk,
+    max_vocab_pad,
+):
     check_float_tensor("student_logits", student_logits)
     if student_logits.dim() < 1 or student_logits.shape[-1] == 0:
         raise ValueError(f"student_logits must have shape (..., V) with V >= 1, got {tuple(student_logits.shape)}")
@@ -173,8 +221,10 @@ def _validate(student_logits, teacher_logits, temperature, labels, reduction, nu
         check_same("teacher_topk logprobs", logprobs, "student_logits", student_logits, shape=False, dtype=False)
         _check_leading("teacher_topk indices", indices, leading, "(..., k)")
         if logprobs.shape != indices.shape:
-            raise ValueError(f"teacher_topk: logprobs must have the shape of indices {tuple(indices.shape)}, "
-                             f"got {tuple(logprobs.shape)}")
+            raise ValueError(
+                f"teacher_topk: logprobs must have the shape of indices {tuple(indices.shape)}, "
+                f"got {tuple(logprobs.shape)}"
+            )
         k, vocab = indices.shape[-1], student_logits.shape[-1]
         if not 1 <= k <= vocab:
             raise ValueError(f"teacher_topk: k must satisfy 1 <= k <= V = {vocab}, got k = {k}")
@@ -184,8 +234,10 @@ def _validate(student_logits, teacher_logits, temperature, labels, reduction, nu
         check_float_tensor("teacher_logits", teacher_logits)
         check_same("teacher_logits", teacher_logits, "student_logits", student_logits, shape=False, dtype=False)
         if teacher_logits.dim() != student_logits.dim() or teacher_logits.shape[:-1] != leading:
-            raise ValueError(f"teacher_logits must have the leading shape of student_logits {tuple(leading)}, "
-                             f"got {tuple(teacher_logits.shape)}")
+            raise ValueError(
+                f"teacher_logits must have the leading shape of student_logits {tuple(leading)}, "
+                f"got {tuple(teacher_logits.shape)}"
+            )
         gap = abs(teacher_logits.shape[-1] - student_logits.shape[-1])
         if max_vocab_pad is not None and gap > max_vocab_pad:
             raise ValueError(
@@ -199,13 +251,15 @@ def _validate(student_logits, teacher_logits, temperature, labels, reduction, nu
         if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype.is_complex:
             raise TypeError("labels must be an integer tensor with the leading shape of student_logits")
         if labels.shape != leading:
-            raise ValueError(f"labels must have the leading shape of student_logits {tuple(leading)}, "
-                             f"got {tuple(labels.shape)}")
+            raise ValueError(
+                f"labels must have the leading shape of student_logits {tuple(leading)}, got {tuple(labels.shape)}"
+            )
         check_same("labels", labels, "student_logits", student_logits, shape=False, dtype=False)
     if num_items_in_batch is not None and not isinstance(num_items_in_batch, torch.Tensor):
         check_positive("num_items_in_batch", num_items_in_batch)
-    if max_vocab_pad is not None and (isinstance(max_vocab_pad, bool) or not isinstance(max_vocab_pad, int)
-                                      or max_vocab_pad < 0):
+    if max_vocab_pad is not None and (
+        isinstance(max_vocab_pad, bool) or not isinstance(max_vocab_pad, int) or max_vocab_pad < 0
+    ):
         raise ValueError(f"max_vocab_pad must be an int >= 0 or None, got {max_vocab_pad!r}")
     return temperature
 
@@ -269,24 +323,48 @@ def f_divergence_loss(
     pearson_chi2, neyman_chi2 and alpha are unbounded where one side is ~0 and can give inf there (their
     gradient then saturates at the float range rather than becoming NaN).
     """
-    temperature = _validate(student_logits, teacher_logits, temperature, labels, reduction, num_items_in_batch,
-                            teacher_is_logprobs, teacher_topk, max_vocab_pad)
+    temperature = _validate(
+        student_logits,
+        teacher_logits,
+        temperature,
+        labels,
+        reduction,
+        num_items_in_batch,
+        teacher_is_logprobs,
+        teacher_topk,
+        max_vocab_pad,
+    )
     div = resolve(divergence)
     leading = student_logits.shape[:-1]
     rows, vocab = leading.numel(), student_logits.shape[-1]
     acc = acc_dtype(student_logits.dtype)
-    row_scale = _row_scale(labels, -100 if ignore_index is None else ignore_index, reduction, num_items_in_batch,
-                           leading, student_logits.device, acc)
+    row_scale = _row_scale(
+        labels,
+        -100 if ignore_index is None else ignore_index,
+        reduction,
+        num_items_in_batch,
+        leading,
+        student_logits.device,
+        acc,
+    )
     student = student_logits.reshape(rows, vocab)
     if teacher_topk is None:
         teacher = teacher_logits.detach().reshape(rows, teacher_logits.shape[-1])
-        row_loss, _ = _dense_op(student, teacher, row_scale, div.kernel_id, div.kernel_param, 1.0 / temperature,
-                                bool(teacher_is_logprobs))
+        row_loss, _ = _dense_op(
+            student, teacher, row_scale, div.kernel_id, div.kernel_param, 1.0 / temperature, bool(teacher_is_logprobs)
+        )
     else:
         indices, logprobs = teacher_topk
         k = indices.shape[-1]
-        row_loss, _ = _topk_op(student, indices.reshape(rows, k), logprobs.detach().reshape(rows, k), row_scale,
-                               div.kernel_id, div.kernel_param, 1.0 / temperature)
+        row_loss, _ = _topk_op(
+            student,
+            indices.reshape(rows, k),
+            logprobs.detach().reshape(rows, k),
+            row_scale,
+            div.kernel_id,
+            div.kernel_param,
+            1.0 / temperature,
+        )
     if reduction == "none":
         return row_loss.reshape(leading)
     return row_loss.sum()

@@ -44,18 +44,38 @@ def auto_chunk_size(rows: int, student_vocab: int, teacher_vocab: int, device: t
 def _check_labels_on_host(labels: torch.Tensor, row_scale: torch.Tensor, vocab: int) -> None:
     bad = ((labels < 0) | (labels >= vocab)) & (row_scale != 0)  # ignored rows have row_scale 0
     if bool(bad.any()):
-        raise ValueError(f"labels must lie in [0, V) = [0, {vocab}) or equal ignore_index for the hard loss, "
-                         f"got {labels[bad][0].item()}")
+        raise ValueError(
+            f"labels must lie in [0, V) = [0, {vocab}) or equal ignore_index for the hard loss, "
+            f"got {labels[bad][0].item()}"
+        )
 
 
 def _row_kernel_in_place(logits, teacher_logits, row_scale, row_loss, labels, hard_weight, kind, param, inv_t):
     """The f_divergence row kernel with grad = the student's logits: they become dL/dlogits in place."""
     rows, vocab_s = logits.shape
-    _run(logits.device, lambda on_cuda, stream: _C.f_divergence(
-        ptr(logits), ptr(teacher_logits), DTYPE_CODES[logits.dtype], rows, vocab_s, teacher_logits.shape[1], False,
-        inv_t, kind, param, ptr(row_scale), ptr(row_loss), ptr(logits), ptr(labels),
-        hard_weight if labels is not None else 0.0, num_threads(), on_cuda, stream,
-    ))
+    _run(
+        logits.device,
+        lambda on_cuda, stream: _C.f_divergence(
+            ptr(logits),
+            ptr(teacher_logits),
+            DTYPE_CODES[logits.dtype],
+            rows,
+            vocab_s,
+            teacher_logits.shape[1],
+            False,
+            inv_t,
+            kind,
+            param,
+            ptr(row_scale),
+            ptr(row_loss),
+            ptr(logits),
+            ptr(labels),
+            hard_weight if labels is not None else 0.0,
+            num_threads(),
+            on_cuda,
+            stream,
+        ),
+    )
 
 
 _addmm_out_dtype_works: bool | None = None  # CUDA addmm(fp32 self, 16-bit mats, out_dtype): None = untried
@@ -112,8 +132,9 @@ def _fused_op(
         _check_labels_on_host(labels, row_scale, vocab_s)
     row_loss = student_hidden.new_empty(rows, dtype=acc)
     # a gradient nobody asked for (frozen weight, eval under no_grad) skips its GEMM: an empty tensor
-    grad_hidden = torch.empty(student_hidden.shape if hidden_grad else (0,), dtype=student_hidden.dtype,
-                              device=student_hidden.device)
+    grad_hidden = torch.empty(
+        student_hidden.shape if hidden_grad else (0,), dtype=student_hidden.dtype, device=student_hidden.device
+    )
     # fp32 accumulators (the gradient's own tensor for fp32/fp64 weights): a 16-bit (V, H) weight costs one
     # extra V x H x 4 bytes here, plus the final cast
     grad_weight = torch.zeros(student_weight.shape if weight_grad else (0,), dtype=acc, device=student_weight.device)
@@ -124,8 +145,17 @@ def _fused_op(
         logits = chunk_logits(h, w_s, student_bias)  # (n, V) fp32 (fp64): becomes the gradient in place
         with torch.no_grad():
             teacher_logits = chunk_logits(teacher_hidden[start:end], w_t, teacher_bias).to(logits.dtype)
-        _row_kernel_in_place(logits, teacher_logits, row_scale[start:end], row_loss[start:end],
-                             labels[start:end] if hard else None, hard_weight, kind, param, inv_temperature)
+        _row_kernel_in_place(
+            logits,
+            teacher_logits,
+            row_scale[start:end],
+            row_loss[start:end],
+            labels[start:end] if hard else None,
+            hard_weight,
+            kind,
+            param,
+            inv_temperature,
+        )
         del teacher_logits
         grad_logits = logits  # now dL/dlogits of this chunk
         if student_bias is not None:
@@ -143,13 +173,29 @@ def _fused_op(
 
 
 @_fused_op.register_fake
-def _(student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias, row_scale, labels,
-      hard_weight, kind, param, inv_temperature, chunk_size, hidden_grad, weight_grad):
+def _(
+    student_hidden,
+    student_weight,
+    student_bias,
+    teacher_hidden,
+    teacher_weight,
+    teacher_bias,
+    row_scale,
+    labels,
+    hard_weight,
+    kind,
+    param,
+    inv_temperature,
+    chunk_size,
+    hidden_grad,
+    weight_grad,
+):
     acc = acc_dtype(student_hidden.dtype)
     return (
         student_hidden.new_empty((), dtype=acc),
-        torch.empty(student_hidden.shape if hidden_grad else (0,), dtype=student_hidden.dtype,
-                    device=student_hidden.device),
+        torch.empty(
+            student_hidden.shape if hidden_grad else (0,), dtype=student_hidden.dtype, device=student_hidden.device
+        ),
         student_weight.new_empty(student_weight.shape if weight_grad else (0,)),
         student_weight.new_empty(student_weight.shape[0] if student_bias is not None else 0),
     )
@@ -174,8 +220,10 @@ def _backward(ctx, grad_loss, *_unused):
     if grad_loss is None:
         return (None, None, None, *nones)
     if ctx.backward_done and ctx.scale_in_place:
-        raise RuntimeError("fdiv_ops.fused_linear_f_divergence: backward ran twice through the same graph "
-                           "(retain_graph=True); the gradients are scaled in place, recompute the loss instead")
+        raise RuntimeError(
+            "fdiv_ops.fused_linear_f_divergence: backward ran twice through the same graph "
+            "(retain_graph=True); the gradients are scaled in place, recompute the loss instead"
+        )
     ctx.backward_done = True
     grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
     in_place = ctx.scale_in_place and type(grad_hidden) is torch.Tensor and not torch.compiler.is_compiling()
@@ -197,8 +245,10 @@ _fused_op.register_autograd(_backward, setup_context=_setup_context)
 
 def _check_weight(name: str, weight: torch.Tensor, hidden_name: str, hidden_size: int) -> None:
     if weight.dim() != 2 or weight.shape[1] != hidden_size or weight.shape[0] == 0:
-        raise ValueError(f"{name} must have shape (V, H) with H = {hidden_size} (the last dim of {hidden_name}) "
-                         f"and V >= 1, got {tuple(weight.shape)}")
+        raise ValueError(
+            f"{name} must have shape (V, H) with H = {hidden_size} (the last dim of {hidden_name}) "
+            f"and V >= 1, got {tuple(weight.shape)}"
+        )
 
 
 def _check_bias(name: str, bias: torch.Tensor | None, weight_name: str, weight: torch.Tensor) -> None:
@@ -207,12 +257,26 @@ def _check_bias(name: str, bias: torch.Tensor | None, weight_name: str, weight: 
     check_float_tensor(name, bias)
     check_same(name, bias, weight_name, weight, shape=False)
     if bias.shape != (weight.shape[0],):
-        raise ValueError(f"{name} must have shape (V,) = ({weight.shape[0]},) like {weight_name}, "
-                         f"got {tuple(bias.shape)}")
+        raise ValueError(
+            f"{name} must have shape (V,) = ({weight.shape[0]},) like {weight_name}, got {tuple(bias.shape)}"
+        )
 
 
-def _validate(student_hidden, student_weight, teacher_hidden, teacher_weight, student_bias, teacher_bias, labels,
-              ignore_index, hard_loss_weight, reduction, num_items_in_batch, chunk_size, max_vocab_pad):
+def _validate(
+    student_hidden,
+    student_weight,
+    teacher_hidden,
+    teacher_weight,
+    student_bias,
+    teacher_bias,
+    labels,
+    ignore_index,
+    hard_loss_weight,
+    reduction,
+    num_items_in_batch,
+    chunk_size,
+    max_vocab_pad,
+):
     check_float_tensor("student_hidden", student_hidden)
     check_float_tensor("student_weight", student_weight)
     check_float_tensor("teacher_hidden", teacher_hidden)
@@ -224,39 +288,47 @@ def _validate(student_hidden, student_weight, teacher_hidden, teacher_weight, st
         raise ValueError(f"student_hidden must have shape (..., H) with H >= 1, got {tuple(student_hidden.shape)}")
     leading = student_hidden.shape[:-1]
     if teacher_hidden.dim() < 1 or teacher_hidden.shape[:-1] != leading or teacher_hidden.shape[-1] == 0:
-        raise ValueError(f"teacher_hidden must have shape (..., H') with the leading shape of student_hidden "
-                         f"{tuple(leading)} and H' >= 1, got {tuple(teacher_hidden.shape)}")
+        raise ValueError(
+            f"teacher_hidden must have shape (..., H') with the leading shape of student_hidden "
+            f"{tuple(leading)} and H' >= 1, got {tuple(teacher_hidden.shape)}"
+        )
     _check_weight("student_weight", student_weight, "student_hidden", student_hidden.shape[-1])
     _check_weight("teacher_weight", teacher_weight, "teacher_hidden", teacher_hidden.shape[-1])
     _check_bias("student_bias", student_bias, "student_weight", student_weight)
     _check_bias("teacher_bias", teacher_bias, "teacher_weight", teacher_weight)
-    if max_vocab_pad is not None and (isinstance(max_vocab_pad, bool) or not isinstance(max_vocab_pad, int)
-                                      or max_vocab_pad < 0):
+    if max_vocab_pad is not None and (
+        isinstance(max_vocab_pad, bool) or not isinstance(max_vocab_pad, int) or max_vocab_pad < 0
+    ):
         raise ValueError(f"max_vocab_pad must be an int >= 0 or None, got {max_vocab_pad!r}")
     vocab_s, vocab_t = student_weight.shape[0], teacher_weight.shape[0]
     if max_vocab_pad is not None and abs(vocab_s - vocab_t) > max_vocab_pad:
         raise ValueError(
             f"teacher_weight: vocabulary sizes differ by {abs(vocab_s - vocab_t)} (student {vocab_s}, teacher "
             f"{vocab_t}), more than max_vocab_pad = {max_vocab_pad}; the shorter side is padded with -inf, pass a "
-            "larger max_vocab_pad (or None) if this mismatch is intended")
+            "larger max_vocab_pad (or None) if this mismatch is intended"
+        )
     hard_loss_weight = check_positive("hard_loss_weight", hard_loss_weight, allow_zero=True)
     check_choice("reduction", reduction, _REDUCTIONS)
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     if labels is not None:
-        if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype.is_complex \
-                or labels.dtype == torch.bool:
+        if (
+            not isinstance(labels, torch.Tensor)
+            or labels.dtype.is_floating_point
+            or labels.dtype.is_complex
+            or labels.dtype == torch.bool
+        ):
             raise TypeError("labels must be an integer tensor with the leading shape of student_hidden")
         if labels.shape != leading:
-            raise ValueError(f"labels must have the leading shape of student_hidden {tuple(leading)}, "
-                             f"got {tuple(labels.shape)}")
+            raise ValueError(
+                f"labels must have the leading shape of student_hidden {tuple(leading)}, got {tuple(labels.shape)}"
+            )
         check_same("labels", labels, "student_hidden", student_hidden, shape=False, dtype=False)
     elif hard_loss_weight > 0:
         raise ValueError("labels are required when hard_loss_weight > 0 (the cross-entropy needs targets)")
     if num_items_in_batch is not None and not isinstance(num_items_in_batch, torch.Tensor):
         check_positive("num_items_in_batch", num_items_in_batch)
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-                                   or chunk_size < 1):
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be an int >= 1 or None (automatic), got {chunk_size!r}")
     return hard_loss_weight
 
@@ -318,9 +390,21 @@ def fused_linear_f_divergence(
     0-dim float32 loss (float64 for float64 inputs). reduction="none" is not offered: a per-row
     grad_output cannot be applied to a gradient already summed over rows (grad_weight).
     """
-    hard_loss_weight = _validate(student_hidden, student_weight, teacher_hidden, teacher_weight, student_bias,
-                                 teacher_bias, labels, ignore_index, hard_loss_weight, reduction, num_items_in_batch,
-                                 chunk_size, max_vocab_pad)
+    hard_loss_weight = _validate(
+        student_hidden,
+        student_weight,
+        teacher_hidden,
+        teacher_weight,
+        student_bias,
+        teacher_bias,
+        labels,
+        ignore_index,
+        hard_loss_weight,
+        reduction,
+        num_items_in_batch,
+        chunk_size,
+        max_vocab_pad,
+    )
     temperature = check_positive("temperature", temperature)
     div = resolve(divergence)
     leading = student_hidden.shape[:-1]
@@ -335,9 +419,20 @@ def fused_linear_f_divergence(
     hidden_grad = grad_on and bool(student_hidden.requires_grad)
     weight_grad = grad_on and bool(student_weight.requires_grad)
     loss, *_ = _fused_op(
-        hidden_s, student_weight, student_bias, hidden_t, teacher_weight.detach(),
-        None if teacher_bias is None else teacher_bias.detach(), row_scale, flat_labels, hard_loss_weight,
-        div.kernel_id, div.kernel_param, 1.0 / temperature, 0 if chunk_size is None else chunk_size, hidden_grad,
+        hidden_s,
+        student_weight,
+        student_bias,
+        hidden_t,
+        teacher_weight.detach(),
+        None if teacher_bias is None else teacher_bias.detach(),
+        row_scale,
+        flat_labels,
+        hard_loss_weight,
+        div.kernel_id,
+        div.kernel_param,
+        1.0 / temperature,
+        0 if chunk_size is None else chunk_size,
+        hidden_grad,
         weight_grad,
     )
     return loss

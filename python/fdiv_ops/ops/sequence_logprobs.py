@@ -44,14 +44,25 @@ def _check_labels_on_host(labels: torch.Tensor, vocab: int, ignore_index: int) -
     bad = ((labels < 0) | (labels >= vocab)) & (labels != ignore_index)
     if bad.any():
         value = labels[bad][0].item()
-        raise ValueError(f"labels must lie in [0, V) = [0, {vocab}) or equal ignore_index ({ignore_index}), "
-                         f"got {value}")
+        raise ValueError(
+            f"labels must lie in [0, V) = [0, {vocab}) or equal ignore_index ({ignore_index}), got {value}"
+        )
 
 
 def _kernel_args(logits, labels, ignore_index, temperature):
     view, outer, inner, so, si = _layout(logits)
-    return (ptr(view), DTYPE_CODES[view.dtype], outer, inner, view.shape[-1], so, si, ptr(labels), ignore_index,
-            1.0 / temperature), view
+    return (
+        ptr(view),
+        DTYPE_CODES[view.dtype],
+        outer,
+        inner,
+        view.shape[-1],
+        so,
+        si,
+        ptr(labels),
+        ignore_index,
+        1.0 / temperature,
+    ), view
 
 
 @torch.library.custom_op("fdiv_ops::sequence_logprobs", mutates_args=())
@@ -68,8 +79,9 @@ def _seq_op(
     args, _keep = _kernel_args(logits, labels_flat, ignore_index, temperature)
     on_cuda, stream = device_args(logits.device)
     with _device_ctx(logits.device):
-        _C.seq_logprobs(*args, ptr(logprobs), ptr(entropy) if return_entropy else 0, ptr(stats), num_threads(),
-                        on_cuda, stream)
+        _C.seq_logprobs(
+            *args, ptr(logprobs), ptr(entropy) if return_entropy else 0, ptr(stats), num_threads(), on_cuda, stream
+        )
     return logprobs, entropy, stats
 
 
@@ -85,8 +97,14 @@ def _(logits, labels, ignore_index, temperature, return_entropy):
 
 @torch.library.custom_op("fdiv_ops::sequence_logprobs_backward", mutates_args=())
 def _seq_backward_op(
-    logits: torch.Tensor, labels: torch.Tensor, stats: torch.Tensor, entropy: torch.Tensor,
-    grad_logprobs: torch.Tensor | None, grad_entropy: torch.Tensor | None, ignore_index: int, temperature: float,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    stats: torch.Tensor,
+    entropy: torch.Tensor,
+    grad_logprobs: torch.Tensor | None,
+    grad_entropy: torch.Tensor | None,
+    ignore_index: int,
+    temperature: float,
 ) -> torch.Tensor:
     acc = acc_dtype(logits.dtype)
     labels_flat = labels.reshape(-1).contiguous()
@@ -97,8 +115,9 @@ def _seq_backward_op(
     args, _keep = _kernel_args(logits, labels_flat, ignore_index, temperature)
     on_cuda, stream = device_args(logits.device)
     with _device_ctx(logits.device):
-        _C.seq_logprobs_backward(*args, ptr(stats.contiguous()), ptr(ent), ptr(g_lp), ptr(g_ent), ptr(grad),
-                                 num_threads(), on_cuda, stream)
+        _C.seq_logprobs_backward(
+            *args, ptr(stats.contiguous()), ptr(ent), ptr(g_lp), ptr(g_ent), ptr(grad), num_threads(), on_cuda, stream
+        )
     return grad
 
 
@@ -120,8 +139,9 @@ def _seq_backward(ctx, grad_logprobs, grad_entropy, _grad_stats):
     if grad_logprobs is None and grad_entropy is None:
         return None, None, None, None, None
     logits, labels, stats, entropy = ctx.saved_tensors
-    grad = _seq_backward_op(logits, labels, stats, entropy, grad_logprobs, grad_entropy, ctx.ignore_index,
-                            ctx.temperature)
+    grad = _seq_backward_op(
+        logits, labels, stats, entropy, grad_logprobs, grad_entropy, ctx.ignore_index, ctx.temperature
+    )
     return grad, None, None, None, None
 
 
@@ -191,8 +211,14 @@ def _linear_kernel_forward(logits_chunk, labels_chunk, ignore_index, temperature
 
 @torch.library.custom_op("fdiv_ops::fused_linear_sequence_logprobs", mutates_args=())
 def _linear_op(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor, ignore_index: int,
-    temperature: float, return_entropy: bool, chunk_size: int,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    ignore_index: int,
+    temperature: float,
+    return_entropy: bool,
+    chunk_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     labels = labels.contiguous()
     _check_labels_on_host(labels, weight.shape[0], ignore_index)
@@ -204,8 +230,15 @@ def _linear_op(
     w = fp32_weight(weight)
     for start, end in row_chunks(rows, chunk_size):
         logits = chunk_logits(hidden[start:end], w, bias)
-        _linear_kernel_forward(logits, labels[start:end], ignore_index, temperature, logprobs[start:end],
-                               entropy[start:end] if return_entropy else None, stats[start:end])
+        _linear_kernel_forward(
+            logits,
+            labels[start:end],
+            ignore_index,
+            temperature,
+            logprobs[start:end],
+            entropy[start:end] if return_entropy else None,
+            stats[start:end],
+        )
     return logprobs, entropy, stats
 
 
@@ -213,15 +246,27 @@ def _linear_op(
 def _(hidden, weight, bias, labels, ignore_index, temperature, return_entropy, chunk_size):
     acc = acc_dtype(hidden.dtype)
     rows = hidden.shape[0]
-    return (hidden.new_empty(rows, dtype=acc), hidden.new_empty(rows if return_entropy else 0, dtype=acc),
-            hidden.new_empty((rows, 2), dtype=acc))
+    return (
+        hidden.new_empty(rows, dtype=acc),
+        hidden.new_empty(rows if return_entropy else 0, dtype=acc),
+        hidden.new_empty((rows, 2), dtype=acc),
+    )
 
 
 @torch.library.custom_op("fdiv_ops::fused_linear_sequence_logprobs_backward", mutates_args=())
 def _linear_backward_op(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor,
-    stats: torch.Tensor, entropy: torch.Tensor, grad_logprobs: torch.Tensor | None,
-    grad_entropy: torch.Tensor | None, ignore_index: int, temperature: float, chunk_size: int, weight_grad: bool,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    stats: torch.Tensor,
+    entropy: torch.Tensor,
+    grad_logprobs: torch.Tensor | None,
+    grad_entropy: torch.Tensor | None,
+    ignore_index: int,
+    temperature: float,
+    chunk_size: int,
+    weight_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     labels = labels.contiguous()
     rows = hidden.shape[0]
@@ -242,9 +287,15 @@ def _linear_backward_op(
         args, _keep = _kernel_args(logits, labels[start:end], ignore_index, temperature)
         with _device_ctx(hidden.device):
             _C.seq_logprobs_backward(
-                *args, ptr(stats[start:end].contiguous()), ptr(None if ent is None else ent[start:end]),
-                ptr(None if g_lp is None else g_lp[start:end]), ptr(None if g_ent is None else g_ent[start:end]),
-                ptr(grad_logits), num_threads(), on_cuda, stream,
+                *args,
+                ptr(stats[start:end].contiguous()),
+                ptr(None if ent is None else ent[start:end]),
+                ptr(None if g_lp is None else g_lp[start:end]),
+                ptr(None if g_ent is None else g_ent[start:end]),
+                ptr(grad_logits),
+                num_threads(),
+                on_cuda,
+                stream,
             )
         g = grad_logits if w.dtype == grad_logits.dtype else grad_logits.to(w.dtype)
         grad_hidden[start:end] = mm_fp32(g, w)
@@ -256,11 +307,25 @@ def _linear_backward_op(
 
 
 @_linear_backward_op.register_fake
-def _(hidden, weight, bias, labels, stats, entropy, grad_logprobs, grad_entropy, ignore_index, temperature,
-      chunk_size, weight_grad):
-    return (torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device),
-            torch.empty(weight.shape if weight_grad else (0,), dtype=weight.dtype, device=weight.device),
-            weight.new_empty(weight.shape[0] if bias is not None else 0))
+def _(
+    hidden,
+    weight,
+    bias,
+    labels,
+    stats,
+    entropy,
+    grad_logprobs,
+    grad_entropy,
+    ignore_index,
+    temperature,
+    chunk_size,
+    weight_grad,
+):
+    return (
+        torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device),
+        torch.empty(weight.shape if weight_grad else (0,), dtype=weight.dtype, device=weight.device),
+        weight.new_empty(weight.shape[0] if bias is not None else 0),
+    )
 
 
 def _linear_setup(ctx, inputs, output):
@@ -278,8 +343,20 @@ def _linear_backward(ctx, grad_logprobs, grad_entropy, _grad_stats):
         return (None,) * 8
     hidden, weight, bias, labels, stats, entropy = ctx.saved_tensors
     weight_grad = bool(ctx.needs_input_grad[1])
-    gh, gw, gb = _linear_backward_op(hidden, weight, bias, labels, stats, entropy, grad_logprobs, grad_entropy,
-                                     ctx.ignore_index, ctx.temperature, ctx.chunk_size, weight_grad)
+    gh, gw, gb = _linear_backward_op(
+        hidden,
+        weight,
+        bias,
+        labels,
+        stats,
+        entropy,
+        grad_logprobs,
+        grad_entropy,
+        ctx.ignore_index,
+        ctx.temperature,
+        ctx.chunk_size,
+        weight_grad,
+    )
     return gh, (gw if weight_grad else None), (gb if ctx.has_bias else None), None, None, None, None, None
 
 
@@ -317,8 +394,9 @@ def fused_linear_sequence_logprobs(
     if hidden.dim() < 2:
         raise ValueError(f"hidden must have shape (..., H), got {tuple(hidden.shape)}")
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1] or weight.shape[0] == 0:
-        raise ValueError(f"weight must have shape (V, H) with H = {hidden.shape[-1]} and V >= 1, "
-                         f"got {tuple(weight.shape)}")
+        raise ValueError(
+            f"weight must have shape (V, H) with H = {hidden.shape[-1]} and V >= 1, got {tuple(weight.shape)}"
+        )
     if bias is not None:
         check_float_tensor("bias", bias)
         check_same("bias", bias, "weight", weight, shape=False)
@@ -332,7 +410,8 @@ def fused_linear_sequence_logprobs(
     hidden2d = hidden.reshape(-1, hidden.shape[-1])
     if not hidden2d.is_contiguous():
         hidden2d = hidden2d.contiguous()
-    logprobs, entropy, _ = _linear_op(hidden2d, weight, bias, labels.reshape(-1), ignore_index, temperature,
-                                      bool(return_entropy), chunk_size)
+    logprobs, entropy, _ = _linear_op(
+        hidden2d, weight, bias, labels.reshape(-1), ignore_index, temperature, bool(return_entropy), chunk_size
+    )
     logprobs = logprobs.reshape(lead)
     return (logprobs, entropy.reshape(lead)) if return_entropy else logprobs
