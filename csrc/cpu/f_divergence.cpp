@@ -35,12 +35,15 @@ using cpu::to_float;
 
 using M = VecMath;
 
-template <typename A> constexpr A kNegInf = -std::numeric_limits<A>::infinity();
-template <typename A> constexpr A kMax = std::numeric_limits<A>::max();
+template <typename A>
+constexpr A kNegInf = -std::numeric_limits<A>::infinity();
+template <typename A>
+constexpr A kMax = std::numeric_limits<A>::max();
 
 // q psi clamped to the finite range: pearson/neyman/alpha can overflow to +-inf, and inf - inf in the
 // gradient would be NaN; clamped, the gradient saturates instead (the loss itself stays inf).
-template <typename A> FDIV_INLINE A finite(A x) {
+template <typename A>
+FDIV_INLINE A finite(A x) {
   const A lo = x < -kMax<A> ? -kMax<A> : x;
   return lo > kMax<A> ? kMax<A> : lo;
 }
@@ -49,12 +52,14 @@ template <typename A> FDIV_INLINE A finite(A x) {
 // log-probabilities are formed as (x * inv_t - shift) - log_sum, which is exact in the first step
 // (Sterbenz), whereas x - LSE loses the low bits of log_sum when |x| ~ 1e4. A max pass (no exp), then
 // a sum pass (one exp per entry). A row of -inf gives shift = -inf.
-template <typename A> struct RowLse {
+template <typename A>
+struct RowLse {
   A shift, log_sum;
   FDIV_INLINE A log_prob(A scaled) const { return (scaled - shift) - log_sum; }
 };
 
-template <typename T, typename A> FDIV_INLINE RowLse<A> row_lse(const T* x, int64_t n, A inv_t) {
+template <typename T, typename A>
+FDIV_INLINE RowLse<A> row_lse(const T* x, int64_t n, A inv_t) {
   A mx = kNegInf<A>;
 #pragma omp simd reduction(max : mx)
   for (int64_t j = 0; j < n; ++j) {
@@ -110,7 +115,8 @@ FDIV_INLINE void dense_row(const FDivergenceArgs& a, int64_t r, DivergenceSpec s
   const RowLse<A> dead{kNegInf<A>, A(0)};
   const RowLse<A> lse_z = scale == A(0) ? dead : row_lse(z, Vs, inv_t);
   const A t_scale = a.teacher_is_logprobs ? A(1) : inv_t;
-  const RowLse<A> lse_t = a.teacher_is_logprobs ? RowLse<A>{A(0), A(0)} : (scale == A(0) ? dead : row_lse(t, Vt, inv_t));
+  const RowLse<A> lse_t =
+      a.teacher_is_logprobs ? RowLse<A>{A(0), A(0)} : (scale == A(0) ? dead : row_lse(t, Vt, inv_t));
   if (lse_z.shift == kNegInf<A> || lse_t.shift == kNegInf<A>) {  // ignored row, or nothing kept: 0 and 0
     *loss_out = A(0);
 #pragma omp simd
@@ -215,43 +221,26 @@ FDIV_INLINE void topk_row(const FDivergenceTopkArgs& a, int64_t r, DivergenceSpe
   *loss_out = scale * loss;
 }
 
-#define FDIV_ROW_SWITCH(KIND, FN, T, ...)                                              \
-  switch (KIND) {                                                                      \
-    case Divergence::forward_kl: FN<T, ForwardKL>(__VA_ARGS__); break;                 \
-    case Divergence::reverse_kl: FN<T, ReverseKL>(__VA_ARGS__); break;                 \
-    case Divergence::js: FN<T, JS>(__VA_ARGS__); break;                                \
-    case Divergence::gkd_jsd: FN<T, GkdJsd>(__VA_ARGS__); break;                       \
-    case Divergence::squared_hellinger: FN<T, SquaredHellinger>(__VA_ARGS__); break;   \
-    case Divergence::softened_rkl: FN<T, SoftenedRKL>(__VA_ARGS__); break;             \
-    case Divergence::jeffreys: FN<T, Jeffreys>(__VA_ARGS__); break;                    \
-    case Divergence::total_variation: FN<T, TotalVariation>(__VA_ARGS__); break;       \
-    case Divergence::pearson_chi2: FN<T, PearsonChi2>(__VA_ARGS__); break;             \
-    case Divergence::neyman_chi2: FN<T, NeymanChi2>(__VA_ARGS__); break;               \
-    case Divergence::alpha: FN<T, Alpha>(__VA_ARGS__); break;                          \
-    case Divergence::skew_forward_kl: FN<T, SkewForwardKL>(__VA_ARGS__); break;        \
-    case Divergence::skew_reverse_kl: FN<T, SkewReverseKL>(__VA_ARGS__); break;        \
-  }
-
 // Non-template entry points (one per dtype) so that target_clones can multiversion them; the
 // divergence switch sits outside every loop.
-#define FDIV_ROW_FNS(T, SUFFIX)                                                                          \
-  FDIV_CPU_CLONES void dense_rows_##SUFFIX(const FDivergenceArgs& a, int64_t begin, int64_t end,          \
-                                           DivergenceSpec spec) {                                         \
-    for (int64_t r = begin; r < end; ++r) {                                                               \
-      FDIV_ROW_SWITCH(spec.kind, dense_row, T, a, r, spec)                                                \
-    }                                                                                                     \
-  }                                                                                                       \
-  FDIV_CPU_CLONES void topk_rows_##SUFFIX(const FDivergenceTopkArgs& a, int64_t begin, int64_t end,       \
-                                          DivergenceSpec spec, acc_t<T>* buf) {                           \
-    for (int64_t r = begin; r < end; ++r) {                                                               \
-      FDIV_ROW_SWITCH(spec.kind, topk_row, T, a, r, spec, buf)                                            \
-    }                                                                                                     \
-  }                                                                                                       \
-  void dense_rows(const FDivergenceArgs& a, int64_t b, int64_t e, DivergenceSpec s, T*) {                 \
-    dense_rows_##SUFFIX(a, b, e, s);                                                                      \
-  }                                                                                                       \
+#define FDIV_ROW_FNS(T, SUFFIX)                                                                             \
+  FDIV_CPU_CLONES void dense_rows_##SUFFIX(const FDivergenceArgs& a, int64_t begin, int64_t end,            \
+                                           DivergenceSpec spec) {                                           \
+    for (int64_t r = begin; r < end; ++r) {                                                                 \
+      FDIV_DIVERGENCE_SWITCH(spec.kind, [&](auto div) { dense_row<T, decltype(div)>(a, r, spec); });        \
+    }                                                                                                       \
+  }                                                                                                         \
+  FDIV_CPU_CLONES void topk_rows_##SUFFIX(const FDivergenceTopkArgs& a, int64_t begin, int64_t end,         \
+                                          DivergenceSpec spec, acc_t<T>* buf) {                             \
+    for (int64_t r = begin; r < end; ++r) {                                                                 \
+      FDIV_DIVERGENCE_SWITCH(spec.kind, [&](auto div) { topk_row<T, decltype(div)>(a, r, spec, buf); });    \
+    }                                                                                                       \
+  }                                                                                                         \
+  void dense_rows(const FDivergenceArgs& a, int64_t b, int64_t e, DivergenceSpec s, T*) {                   \
+    dense_rows_##SUFFIX(a, b, e, s);                                                                        \
+  }                                                                                                         \
   void topk_rows(const FDivergenceTopkArgs& a, int64_t b, int64_t e, DivergenceSpec s, acc_t<T>* buf, T*) { \
-    topk_rows_##SUFFIX(a, b, e, s, buf);                                                                  \
+    topk_rows_##SUFFIX(a, b, e, s, buf);                                                                    \
   }
 FDIV_ROW_FNS(float, f32)
 FDIV_ROW_FNS(double, f64)
@@ -276,13 +265,13 @@ void parallel_rows(int64_t rows, int num_threads, Fn fn) {
 void f_divergence_cpu(const FDivergenceArgs& args, int num_threads) {
   const DivergenceSpec spec = canonical_spec(args.divergence);
   FDIV_DISPATCH_FLOATING(args.dtype, cpu::bf16, cpu::f16, [&] {
-    parallel_rows(args.rows, num_threads, [&](int64_t b, int64_t e) {
-      dense_rows(args, b, e, spec, static_cast<scalar_t*>(nullptr));
-    });
+    parallel_rows(args.rows, num_threads,
+                  [&](int64_t b, int64_t e) { dense_rows(args, b, e, spec, static_cast<scalar_t*>(nullptr)); });
   });
 }
 
-template <typename T> void categorical_eval(const CategoricalEvalArgs& a) {
+template <typename T>
+void categorical_eval(const CategoricalEvalArgs& a) {
   const T* lq = static_cast<const T*>(a.log_q);
   const T* lp = static_cast<const T*>(a.log_p);
   for (int64_t i = 0; i < a.n; ++i) {

@@ -7,29 +7,30 @@ constructors here (``fdiv_ops.alpha(0.5)``, ``fdiv_ops.gkd_jsd(0.9)``).
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
+import torch
+
 from . import _C
 
+# The divergence table lives once, in C++ (csrc/include/fdiv_ops/divergences.h, FDIV_DIVERGENCES):
+# name -> (kernel id, parameter rule, parameter name, default). Everything here derives from it.
+_TABLE: dict[str, tuple[int, int, str, float | None]] = dict(
+    sorted(((str(name), tuple(row)) for name, row in _C.DIVERGENCE_TABLE.items()), key=lambda item: item[1][0])
+)
 # name -> (parameter name, default) for the parametric ones; None for the rest.
 _PARAMETERS: dict[str, tuple[str, float | None] | None] = {
-    "forward_kl": None,
-    "reverse_kl": None,
-    "js": None,
-    "gkd_jsd": ("beta", 0.5),  # TRL's GKD default
-    "squared_hellinger": None,
-    "softened_rkl": None,
-    "jeffreys": None,
-    "total_variation": None,
-    "pearson_chi2": None,
-    "neyman_chi2": None,
-    "alpha": ("alpha", None),  # no neutral default: the caller chooses
-    "skew_forward_kl": ("lam", 0.1),  # DistiLLM's default skew
-    "skew_reverse_kl": ("lam", 0.1),
+    name: (pname, default) if rule else None for name, (_, rule, pname, default) in _TABLE.items()
 }
 DIVERGENCES: tuple[str, ...] = tuple(_PARAMETERS)
+
+
+@torch.compiler.assume_constant_result  # a pure function of constants: torch.compile evaluates it once
+def _param_error(kind: int, value: float, single: bool) -> str | None:
+    """None if `value` is a valid parameter of divergence `kind` computed in float32 (single) or float64,
+    else what was expected ("must ..."): the rule lives in C++ (param_error in divergences.h)."""
+    return _C.divergence_param_error(kind, value, single)
 
 
 @dataclass(frozen=True)
@@ -50,21 +51,18 @@ class Divergence:
         pname, _ = spec
         if self.param is None:
             raise ValueError(f"divergence {self.name!r} needs its parameter {pname}: use fdiv_ops.{self.name}(...)")
+        if isinstance(self.param, bool) or not isinstance(self.param, (int, float)):
+            raise TypeError(f"{self.name}: {pname} must be a number, got {type(self.param).__name__}")
         value = float(self.param)
-        if not math.isfinite(value):
-            raise ValueError(f"{self.name}: {pname} must be finite, got {value}")
-        if self.name == "alpha" and value in (0.0, 1.0):
-            raise ValueError(
-                "alpha: alpha must not be 0 or 1 (the limits are reverse_kl and forward_kl: use those names)"
-            )
-        if self.name != "alpha" and not 0.0 <= value <= 1.0:
-            raise ValueError(f"{self.name}: {pname} must lie in [0, 1], got {value}")
+        error = _param_error(_TABLE[self.name][0], value, False)
+        if error is not None:
+            raise ValueError(f"{self.name}: {pname} {error}, got {value!r}")
         object.__setattr__(self, "param", value)
 
     @property
     def kernel_id(self) -> int:
         """The id of the C++ functor (csrc/include/fdiv_ops/divergences.h)."""
-        return int(_C.DIVERGENCE_IDS[self.name])
+        return _TABLE[self.name][0]
 
     @property
     def kernel_param(self) -> float:

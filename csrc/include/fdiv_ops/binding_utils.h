@@ -18,11 +18,15 @@ namespace fdiv_ops::binding {
 
 namespace py = pybind11;
 
-template <typename T> T* ptr(std::uintptr_t p) { return reinterpret_cast<T*>(p); }
+template <typename T>
+T* ptr(std::uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
 
 inline DivergenceSpec spec(int kind, double param) {
-  if (kind < 0 || kind > static_cast<int>(Divergence::skew_reverse_kl))
-    throw std::invalid_argument("unknown divergence id " + std::to_string(kind));
+  if (!is_valid_divergence(kind))
+    throw std::invalid_argument("kind: unknown divergence id " + std::to_string(kind) + ", expected 0.." +
+                                std::to_string(kNumDivergences - 1));
   return DivergenceSpec{static_cast<Divergence>(kind), param};
 }
 
