@@ -12,7 +12,9 @@ import fdiv_ops
 import pytest
 import torch
 from fdiv_ops import reference as ref
-from fdiv_ops.ops.divergence_psi import _terms_op, clamp_log_ratio, dtype_max_exponent
+from fdiv_ops.ops.divergence_terms import clamp_log_ratio, divergence_terms_op, dtype_max_exponent
+
+_terms_op = divergence_terms_op.op
 
 ALL = [
     "forward_kl",

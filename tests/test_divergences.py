@@ -8,7 +8,7 @@ import pytest
 import torch
 from fdiv_ops import _C
 from fdiv_ops import reference as ref
-from fdiv_ops._backend import DTYPE_CODES, device_args
+from fdiv_ops.ops._plumbing import launch
 
 ALL = [
     "forward_kl",
@@ -68,16 +68,15 @@ def _kernel_eval(div, l, device):
     d = fdiv_ops.resolve(div)
     l = l.to(device).contiguous()
     out = [torch.empty_like(l) for _ in range(3)]
-    on_cuda, stream = device_args(l.device)
-    _C.divergence_eval(
-        d.kernel_id,
-        d.kernel_param,
-        DTYPE_CODES[l.dtype],
-        l.data_ptr(),
-        l.numel(),
-        *(o.data_ptr() for o in out),
-        on_cuda,
-        stream,
+    launch(
+        _C.divergence_terms,
+        l.device,
+        log_ratio=l,
+        f=out[0],
+        psi=out[1],
+        h=out[2],
+        kind=d.kernel_id,
+        param=d.kernel_param,
     )
     return [o.cpu() for o in out]
 
