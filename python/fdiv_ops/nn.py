@@ -215,8 +215,11 @@ class FDPG(nn.Module):
     ``f_dpg_loss``'s (loss, stats) with ``stats["log_z"]`` (B,) and ``stats["baseline"]`` (B,) added.
     State is updated in training mode only (in eval mode the stored estimates are used; before any
     training step log Z is undefined, NaN). Buffers are float64 and saved in the state dict; move the module
-    to the policy's device (``.to(device)``) so that updating them needs no host copy. Context ids are
-    range-checked on CPU only (a check on CUDA would need a host sync).
+    to the policy's device (``.to(device)``) so that updating them needs no host copy. Every argument is checked
+    before any state changes (a rejected call leaves the buffers as they were). Context ids outside
+    [0, num_contexts) raise ValueError for a CPU tensor in eager mode; on CUDA (and under torch.compile), where
+    that check would need a host sync, such samples get NaN log Z and baseline (so the loss is NaN) and update
+    nothing.
     """
 
     def __init__(

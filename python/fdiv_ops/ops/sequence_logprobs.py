@@ -12,6 +12,7 @@ instead (and no gradient), which any loss built on them turns into a visible NaN
 
 from __future__ import annotations
 
+import math
 from typing import Literal, overload
 
 import torch
@@ -33,6 +34,13 @@ def _kernel_view(logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def _inverse_temperature(op: str, temperature) -> float:
+    t = scalar_arg(op, "temperature", temperature)
+    if not (t > 0 and t < math.inf):  # the binding checks 1 / t again; this keeps 1 / 0 from raising first
+        raise ValueError(f"fdiv_ops::{op}: temperature must be a finite number > 0, got {t!r}")
+    return 1.0 / t
+
+
 def _launch_forward(logits, labels, ignore_index, temperature, logprobs, entropy, stats) -> None:
     """The forward kernel over `logits` (any shape the kernels read), every per-row tensor flat."""
     view = _kernel_view(logits)
@@ -45,7 +53,7 @@ def _launch_forward(logits, labels, ignore_index, temperature, logprobs, entropy
         entropy=None if entropy is None else entropy.reshape(-1),
         row_stats=stats,
         ignore_index=ignore_index,
-        inv_temperature=1.0 / scalar_arg("sequence_logprobs", "temperature", temperature),
+        inv_temperature=_inverse_temperature("sequence_logprobs", temperature),
     )
 
 
@@ -64,7 +72,7 @@ def _launch_backward(
         grad_entropy=grad_entropy,
         grad_logits=grad_logits.view(-1, view.shape[-1]),
         ignore_index=ignore_index,
-        inv_temperature=1.0 / scalar_arg("sequence_logprobs_backward", "temperature", temperature),
+        inv_temperature=_inverse_temperature("sequence_logprobs_backward", temperature),
     )
 
 
