@@ -216,3 +216,42 @@ def test_dmd2_generator_loss_is_f_distill_without_logits():
     want.backward()
     _close(ours, want, 1e-12)
     _close(ours_x.grad, ref_x.grad, 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the numbers of docs/integrations.md: PYTHONPATH=python python tests/test_integrations_fastgen.py
+
+
+def _worst(runs) -> float:
+    worst = 0.0
+    for ours, theirs, ratios, want_ratios in runs:
+        pairs = list(zip(ours, theirs)) + [(g, w) for g, w in zip(ratios, want_ratios) if w is not None]
+        for got, want in pairs:
+            diff = (got.detach().double() - want.detach().double()).abs().max()
+            worst = max(worst, float(diff / want.detach().double().abs().max()))
+    return worst
+
+
+def _report() -> None:
+    print("max relative difference (loss, f-distill loss, grads to gen_data and logits, h, ratio, bins), 3 steps")
+    for f_div in FASTGEN_H:
+        cells = [
+            _worst(_run_both(f_div, bins=False)),
+            _worst(_run_both(f_div, ema=0.5)),
+            _worst(_run_both(f_div, ema=0.5, dtype=torch.float32)),
+        ]
+        by_name = _worst(_run_both(f_div, exact_weighting=False)) if f_div in ("sh", "neyman") else None
+        extra = "" if by_name is None else f", by name {by_name:.1e}"
+        print(f"{f_div:7s} fp64 no bins {cells[0]:.1e}, fp64 bins {cells[1]:.1e}, fp32 bins {cells[2]:.1e}{extra}")
+    x, teacher, fake, logits, t = _batch(torch.Generator().manual_seed(5), batch=64)
+    right = fastgen.fdistill_loss("kl", time_range=EDM)
+    wrong = fdiv_ops.FDistillLoss("forward_kl", num_time_bins=10, time_range=(0.0, 1.0))
+    loss_right, loss_wrong = right(x, teacher, fake, logits, time=t), wrong(x, teacher, fake, logits, time=t)
+    print(
+        f"kl, EDM t, bins over (0, 1) instead of (0.002, 80): loss {float(loss_wrong / loss_right - 1):+.1%}, "
+        f"max |h change| {float((right.last_h - wrong.last_h).abs().max()):.2f}"
+    )
+
+
+if __name__ == "__main__":
+    _report()

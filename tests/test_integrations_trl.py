@@ -82,7 +82,7 @@ def _gkd_compare(dtype, beta, reduction, with_labels, num_items, temperature):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 def test_generalized_jsd_loss_matches_trl(dtype, beta, reduction, with_labels, num_items):
     loss_diff, grad_diff = _gkd_compare(dtype, beta, reduction, with_labels, num_items, temperature=2.0)
-    tol = 2e-6 if dtype == torch.float32 else 1e-12
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
     assert loss_diff <= tol and grad_diff <= tol, (loss_diff, grad_diff)
 
 
