@@ -59,17 +59,17 @@ def _gkd_inputs(dtype, with_labels, seed=0):
     return student, teacher, (labels if with_labels else None)
 
 
-def _gkd_compare(dtype, beta, reduction, with_labels, num_items, temperature):
+def _gkd_compare(dtype, beta, reduction, with_labels, num_items, temperature, device="cpu"):
     """(relative difference of the loss, of the student gradient) between ours and TRL's static method."""
     trl_loss_fn = _trl_gkd_trainer().generalized_jsd_loss
-    student, teacher, labels = _gkd_inputs(dtype, with_labels)
-    items = torch.tensor(7.0) if num_items == "tensor" else num_items
+    student, teacher, labels = (None if v is None else v.to(device) for v in _gkd_inputs(dtype, with_labels))
+    items = torch.tensor(7.0, device=device) if num_items == "tensor" else num_items
     args = (labels, beta, temperature, reduction, items)
     ours_in, trl_in = student.clone().requires_grad_(), student.clone().requires_grad_()
     ours = fi.generalized_jsd_loss(ours_in, teacher, *args)
     want = trl_loss_fn(trl_in, teacher, *args)
     assert ours.shape == want.shape, (ours.shape, want.shape)
-    weight = torch.rand(want.shape, dtype=torch.float64)  # grad_output != 1 for "none"
+    weight = torch.rand(want.shape, dtype=torch.float64, device=device)  # grad_output != 1 for "none"
     ours.backward(weight.to(ours.dtype))
     want.backward(weight.to(want.dtype))
     return _rel_diff(ours.detach(), want.detach()), _rel_diff(ours_in.grad, trl_in.grad)
@@ -84,6 +84,14 @@ def test_generalized_jsd_loss_matches_trl(dtype, beta, reduction, with_labels, n
     loss_diff, grad_diff = _gkd_compare(dtype, beta, reduction, with_labels, num_items, temperature=2.0)
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     assert loss_diff <= tol and grad_diff <= tol, (loss_diff, grad_diff)
+
+
+@pytest.mark.parametrize("num_items", NUM_ITEMS, ids=["items=None", "items=7", "items=tensor"])
+@pytest.mark.parametrize("with_labels", [False, True], ids=["no-labels", "labels"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_generalized_jsd_loss_matches_trl_on_each_device(reduction, with_labels, num_items, device):
+    loss_diff, grad_diff = _gkd_compare(torch.float32, 0.5, reduction, with_labels, num_items, 2.0, device)
+    assert loss_diff <= 1e-5 and grad_diff <= 1e-5, (loss_diff, grad_diff)
 
 
 def test_generalized_jsd_loss_defaults_and_temperature_match_trl():
