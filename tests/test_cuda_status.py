@@ -87,3 +87,11 @@ def test_info_lines_per_machine():
 def test_cuda_tensor_error_names_device_and_cause():
     message = _cuda_status.cuda_tensor_error("cuda:1", facts("driver_too_old", driver=12020))
     assert message.startswith("fdiv_ops cannot run on the CUDA tensor on cuda:1: NVIDIA driver too old")
+
+
+def test_require_cuda_raises_the_message_here(monkeypatch):
+    monkeypatch.setattr(_cuda_status, "probe", lambda: facts("no_driver"))
+    with pytest.raises(RuntimeError, match=r"CUDA tensor on cuda:0: no NVIDIA driver"):
+        _cuda_status.require_cuda("cuda:0")
+    monkeypatch.setattr(_cuda_status, "probe", lambda: facts("ok", driver=13000, devices=1))
+    _cuda_status.require_cuda("cuda:0")

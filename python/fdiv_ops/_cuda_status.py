@@ -124,6 +124,13 @@ def cuda_tensor_error(device: Any, facts: dict[str, Any] | None = None) -> str:
     return f"fdiv_ops cannot run on the CUDA tensor on {device}: {problem(facts) or 'CUDA is not usable'}"
 
 
+def require_cuda(device: Any) -> None:
+    """Raise the RuntimeError of `cuda_tensor_error` unless the module can run CUDA kernels (cached: no cost per op)."""
+    facts = probe()
+    if facts["status"] != "ok":
+        raise RuntimeError(cuda_tensor_error(device, facts))
+
+
 def gpu_but_unusable(
     facts: dict[str, Any] | None = None, torch_state: tuple[str | None, bool] | None = None
 ) -> str | None:
