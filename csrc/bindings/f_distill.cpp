@@ -47,7 +47,8 @@ void f_distill_weights(py::handle logits_arg, py::handle ratio_divisor_arg, py::
 
 void f_distill(py::handle x_arg, py::handle teacher_arg, py::handle fake_arg, py::handle h_arg, py::handle h_stats_arg,
                py::handle grad_arg, py::handle loss_arg, py::handle normalizer_arg, py::handle weight_arg,
-               py::handle workspace_arg, double eps, double scale, std::uintptr_t stream, int num_threads) {
+               py::handle workspace_arg, double eps, double scale, py::handle sample_loss_arg, std::uintptr_t stream,
+               int num_threads) {
   constexpr const char* op = "f_distill";
   const TensorView x = tensor_arg(op, "x", x_arg);
   const TensorView teacher = tensor_arg(op, "teacher_x0", teacher_arg);
@@ -95,10 +96,17 @@ void f_distill(py::handle x_arg, py::handle teacher_arg, py::handle fake_arg, py
     expect_buffer(sv, acc, "the accumulation dtype of x", {2}, x);
     h_stats = sv.data;
   }
+  void* sample_loss = nullptr;
+  if (given(sample_loss_arg)) {
+    const TensorView sl = tensor_arg(op, "sample_loss", sample_loss_arg);
+    expect_buffer(sl, acc, "the accumulation dtype of x", {batch}, x, "(B,) = ");
+    sample_loss = sl.data;
+  }
   expect_finite_positive(op, "eps", eps);
   expect_finite_positive(op, "scale", scale);
   FDistillArgs a{x.data, teacher.data, fake.data, dtype,           batch,       dim,           h, h_stats, eps,
                  scale,  grad.data,    loss.data, normalizer.data, weight.data, workspace.data};
+  a.sample_loss = sample_loss;
   launch(op, x.device, stream, [&] { f_distill_cpu(a, num_threads); }, FDIV_CUDA_FN(f_distill_cuda(a, cuda_stream)));
 }
 
@@ -114,9 +122,11 @@ void bind_f_distill(py::module_& m) {
         "(float32 or float64) is the accumulation dtype; ratio_divisor (B,) or None.");
   m.def("f_distill", &f_distill, py::arg("x"), py::arg("teacher_x0"), py::arg("fake_x0"), py::arg("h"),
         py::arg("h_stats"), py::arg("grad"), py::arg("loss"), py::arg("normalizer"), py::arg("weight"),
-        py::arg("workspace"), py::arg("eps"), py::arg("scale"), py::arg("stream") = 0, py::arg("num_threads") = 1,
+        py::arg("workspace"), py::arg("eps"), py::arg("scale"), py::arg("sample_loss") = py::none(),
+        py::arg("stream") = 0, py::arg("num_threads") = 1,
         "The fused f-distill pass: x, teacher_x0, fake_x0 (B, ...) of one floating dtype; h (B,) and h_stats "
-        "(2,) or None; writes grad, loss, normalizer, weight (accumulation dtype).");
+        "(2,) or None; writes grad, loss, normalizer, weight (accumulation dtype) and, when given, sample_loss (B,): "
+        "each sample's share of loss.");
 }
 
 }  // namespace fdiv_ops::binding

@@ -25,7 +25,7 @@ from .._validation import (
 from ..divergences import Divergence, resolve
 from ._plumbing import Op, launch, saved_gradient, scalar_arg, tensor_arg
 
-REDUCTIONS = ("mean", "sum")
+REDUCTIONS = ("mean", "sum", "none")
 
 
 def _weights_outputs(logits, double_precision: bool):
@@ -87,7 +87,7 @@ def _outputs(x, disc_logits, reduction):
                 f"got {tuple(disc_logits.shape)}"
             )
     return (
-        x.new_empty((), dtype=acc),
+        x.new_empty(batch if reduction == "none" else (), dtype=acc),
         torch.empty_like(x, memory_format=torch.contiguous_format),
         x.new_empty(batch, dtype=acc),
         x.new_empty(batch, dtype=acc),
@@ -112,7 +112,8 @@ def _f_distill(
     reduction: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, grad, normalizer, h, ratio) in one call: the weights from disc_logits (if any), then the fused
-    pass. global_h_stats ([sum h, count] all-reduced over ranks) replaces this batch's own when given."""
+    pass. global_h_stats ([sum h, count] all-reduced over ranks) replaces this batch's own when given. The loss
+    is 0-dim, or (B,) per-sample losses for reduction="none" (each 0.5 * mean g_b^2 over its D elements)."""
     loss, grad, normalizer, weight, ratio = _outputs(x, disc_logits, reduction)
     tensor_arg("f_distill", "teacher_x0", teacher_x0)
     tensor_arg("f_distill", "fake_x0", fake_x0)
@@ -141,6 +142,11 @@ def _f_distill(
         if not normalize:
             h_stats = None
     on_cuda = x.device.type == "cuda"
+    per_sample = reduction == "none"
+    if reduction == "mean":
+        scale = 1.0 / (batch * dim) if batch * dim > 0 else 1.0
+    else:
+        scale = 1.0 / dim if per_sample and dim > 0 else 1.0
     launch(
         _C.f_distill,
         x.device,
@@ -150,12 +156,13 @@ def _f_distill(
         h=h,
         h_stats=h_stats,
         grad=grad,
-        loss=loss,
+        loss=x.new_empty((), dtype=acc) if per_sample else loss,  # the kernel always writes the total
+        sample_loss=loss if per_sample else None,
         normalizer=normalizer,
         weight=weight,
         workspace=x.new_empty(_C.f_distill_workspace_elems(batch, dim, on_cuda), dtype=acc),
         eps=scalar_arg("f_distill", "eps", eps),
-        scale=1.0 / (batch * dim) if reduction == "mean" and batch * dim > 0 else 1.0,
+        scale=scale,
     )
     return loss, grad, normalizer, weight, ratio
 
@@ -338,9 +345,11 @@ def f_distill_loss(
         w_b = h_b / (mean_i |x_bi - teacher_x0_bi| + eps)
         g   = w_b (fake_x0 - teacher_x0)               # detached
         loss = 0.5 * mean(g^2)   ("mean")  or  0.5 * sum(g^2)  ("sum")
+        loss_b = 0.5 * mean_i(g_bi^2)   ("none": per-sample losses (B,); their mean is the "mean" loss)
 
-    The only gradient is to ``x``: g / (B D) for "mean", g for "sum" (the value and gradient of
-    ``0.5 * mse(x, stopgrad(x - g))``). Nothing flows into the logits, the teacher or the fake network.
+    The only gradient is to ``x``: g / (B D) for "mean", g for "sum", g_b / D scaled by each sample's
+    grad_output for "none" (the value and gradient of ``0.5 * mse(x, stopgrad(x - g))`` with that reduction over
+    each sample). Nothing flows into the logits, the teacher or the fake network.
 
     Args:
         x: generator samples (B, ...), float32/float64/bfloat16/float16; any strides.
@@ -353,7 +362,7 @@ def f_distill_loss(
         process_group: make the batch mean of h global over data-parallel ranks (one all-reduce of two
             numbers); None keeps it per rank.
 
-    Returns the scalar loss, float32 for 16-bit inputs (accumulated in float32), else x's dtype.
+    Returns the scalar loss ((B,) for "none"), float32 for 16-bit inputs (accumulated in float32), else x's dtype.
     NaN or inf in a sample's inputs make that sample's gradient and the loss NaN/inf, as in the
     eager reference; finite inputs never produce NaN (eps > 0 keeps the normaliser positive).
     """
