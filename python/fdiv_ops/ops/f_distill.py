@@ -126,7 +126,7 @@ def _f_distill(
         launch(
             _C.f_distill_weights,
             x.device,
-            logits=disc_logits.reshape(batch, -1).contiguous(),
+            logits=(disc_logits if disc_logits.dim() == 2 else disc_logits[:, None]).contiguous(),
             ratio_divisor=ratio_divisor,
             ratio=ratio,
             h=h,

@@ -232,6 +232,9 @@ def f_divergence_loss(
         reduction: "batchmean" = sum over counted rows / their number (or / ``num_items_in_batch`` when
             given, for gradient accumulation; all rows ignored gives 0, not NaN), "sum", or "none"
             (per-row losses of the leading shape, 0 at ignored rows).
+        num_items_in_batch: a number > 0, or a one-element tensor (as HF Trainer passes it). A tensor that is
+            not a finite number > 0 raises ValueError when it is a CPU tensor in eager mode; on CUDA, or under
+            torch.compile, checking it would need a host sync, so the loss is NaN instead.
         teacher_is_logprobs: ``teacher_logits`` holds cached log-probabilities, used as given: no
             log-sum-exp and no temperature on the teacher side (cache them at the temperature you
             distil at); ``temperature`` still applies to the student.
@@ -250,7 +253,10 @@ def f_divergence_loss(
     sum q psi; the gradient is that of the remaining sum (so a student entry with a -inf teacher still
     feels the softmax normalisation). Rows of -inf give 0. Finite or -inf inputs never give NaN;
     pearson_chi2, neyman_chi2 and alpha are unbounded where one side is ~0 and can give inf there (their
-    gradient then saturates at the float range rather than becoming NaN).
+    gradient then saturates at the float range rather than becoming NaN). The divergence's parameter must be
+    valid in the dtype the kernels compute in (float32 for float32/16-bit logits: alpha(1 - 1e-9) is refused
+    there). The gradient is computed in forward by the kernel, so double backward (create_graph=True) raises
+    RuntimeError rather than returning a gradient that is not itself differentiable.
     """
     _validate(
         student_logits,

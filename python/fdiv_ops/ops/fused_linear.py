@@ -97,10 +97,11 @@ def _accumulate_weight_grad(grad_weight: torch.Tensor, g: torch.Tensor, h: torch
 def _fused_outputs(student_hidden, student_weight, student_bias, hidden_grad: bool, weight_grad: bool):
     """(loss, grad_hidden, grad_weight, grad_bias), allocated alike by the implementation and the fake; a gradient
     nobody asked for (frozen weight, eval under no_grad) is an empty tensor and its GEMM is skipped."""
-    tensor_arg("fused_linear_f_divergence", "student_hidden", student_hidden, ndim=2)
-    tensor_arg("fused_linear_f_divergence", "student_weight", student_weight, ndim=2)
-    if student_bias is not None:
-        tensor_arg("fused_linear_f_divergence", "student_bias", student_bias, ndim=1)
+    op = "fused_linear_f_divergence"
+    tensor_arg(op, "student_hidden", student_hidden, ndim=2)
+    tensor_arg(op, "student_weight", student_weight, ndim=2)
+    if student_bias is not None and tensor_arg(op, "student_bias", student_bias).shape != student_weight.shape[:1]:
+        raise ValueError(f"fdiv_ops::{op}: student_bias must have shape (V,), got {tuple(student_bias.shape)}")
     acc = acc_dtype(student_hidden.dtype)
     hidden_shape = student_hidden.shape if hidden_grad else (0,)
     return (
@@ -133,6 +134,8 @@ def _fused(
     tensor_arg(op, "teacher_hidden", teacher_hidden, ndim=2)
     tensor_arg(op, "teacher_weight", teacher_weight, ndim=2)
     tensor_arg(op, "row_scale", row_scale, ndim=1)
+    if teacher_bias is not None and tensor_arg(op, "teacher_bias", teacher_bias).shape != teacher_weight.shape[:1]:
+        raise ValueError(f"fdiv_ops::{op}: teacher_bias must have shape (V',), got {tuple(teacher_bias.shape)}")
     if (
         teacher_hidden.shape[0] != student_hidden.shape[0]
         or student_weight.shape[1] != student_hidden.shape[1]
@@ -305,7 +308,9 @@ def fused_linear_f_divergence(
         loss_row = D_f(p || q) at temperature T  +  hard_loss_weight * CE(softmax(z), label)   (CE at T = 1)
 
     reduced like f_divergence_loss ("batchmean": sum over counted rows / their number, or /
-    ``num_items_in_batch``; "sum"). The convention is additive: the soft term is never scaled by
+    ``num_items_in_batch``, a number or a one-element tensor: one that is not a finite number > 0 raises
+    ValueError for a CPU tensor in eager mode and gives a NaN loss on CUDA or under torch.compile, where checking
+    it would need a host sync; "sum"). The convention is additive: the soft term is never scaled by
     1 - hard_loss_weight; for the convex mix (1 - a) soft + a CE pass ``hard_loss_weight = a / (1 - a)`` and
     multiply the result by (1 - a). Both terms come out of the same row pass of the f_divergence kernel.
 

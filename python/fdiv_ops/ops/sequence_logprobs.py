@@ -70,7 +70,7 @@ def _launch_backward(
         entropy=entropy,
         grad_logprobs=grad_logprobs,
         grad_entropy=grad_entropy,
-        grad_logits=grad_logits.view(-1, view.shape[-1]),
+        grad_logits=grad_logits.view(view.shape[:-1].numel(), view.shape[-1]),
         ignore_index=ignore_index,
         inv_temperature=_inverse_temperature("sequence_logprobs_backward", temperature),
     )
@@ -227,7 +227,8 @@ def sequence_logprobs(
     float32) else the logits' dtype; 0 at ignored positions (no gradient flows there). Sum over the last dim
     for log pi(x) of a sequence. Backward writes d/dlogits in the logits' dtype, the row re-read once.
     Labels outside [0, V) (other than ignore_index) raise ValueError on CPU; on CUDA, where checking needs a
-    host sync, those positions give NaN. A row of all -inf logits gives -inf and no gradient.
+    host sync, those positions give NaN. A row of all -inf logits gives -inf and no gradient. Double backward
+    (create_graph=True) raises RuntimeError: the kernels form no second derivative.
     """
     check_float_tensor("logits", logits)
     if logits.dim() < 2 or logits.shape[-1] == 0:
@@ -242,7 +243,7 @@ def sequence_logprobs(
 # From hidden states: logits = hidden @ weight.T (+ bias), one chunk of rows at a time.
 
 
-def _linear_outputs(hidden, weight, labels, return_entropy: bool):
+def _linear_outputs(hidden, weight, bias, labels, return_entropy: bool):
     """(logprobs, entropy, row_stats), allocated alike by the implementation and the fake."""
     op = "fused_linear_sequence_logprobs"
     tensor_arg(op, "hidden", hidden, ndim=2)
@@ -254,6 +255,8 @@ def _linear_outputs(hidden, weight, labels, return_entropy: bool):
             f"fdiv_ops::{op}: expected hidden (rows, H), weight (V, H) and labels (rows,), got "
             f"{tuple(hidden.shape)}, {tuple(weight.shape)} and {tuple(labels.shape)}"
         )
+    if bias is not None and tensor_arg(op, "bias", bias).shape != weight.shape[:1]:
+        raise ValueError(f"fdiv_ops::{op}: bias must have shape (V,) = ({weight.shape[0]},), got {tuple(bias.shape)}")
     acc = acc_dtype(hidden.dtype)
     return (
         hidden.new_empty(rows, dtype=acc),
@@ -272,7 +275,7 @@ def _linear(
     return_entropy: bool,
     chunk_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    logprobs, entropy, stats = _linear_outputs(hidden, weight, labels, return_entropy)
+    logprobs, entropy, stats = _linear_outputs(hidden, weight, bias, labels, return_entropy)
     labels = labels.contiguous()
     w = fp32_weight(weight)
     for start, end in row_chunks(hidden.shape[0], max(1, chunk_size)):
@@ -289,7 +292,7 @@ def _linear(
 
 
 def _linear_fake(hidden, weight, bias, labels, ignore_index, temperature, return_entropy, chunk_size):
-    return _linear_outputs(hidden, weight, labels, return_entropy)
+    return _linear_outputs(hidden, weight, bias, labels, return_entropy)
 
 
 def _linear_backward_impl(
@@ -306,7 +309,7 @@ def _linear_backward_impl(
     chunk_size: int,
     weight_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _linear_outputs(hidden, weight, labels, False)
+    _linear_outputs(hidden, weight, bias, labels, False)
     labels = labels.contiguous()
     acc = acc_dtype(hidden.dtype)
     grad_hidden = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device)
@@ -340,7 +343,7 @@ def _linear_backward_impl(
 
 def _linear_backward_fake(hidden, weight, bias, labels, stats, entropy, grad_logprobs, grad_entropy, *args):
     weight_grad = args[-1]
-    _linear_outputs(hidden, weight, labels, False)
+    _linear_outputs(hidden, weight, bias, labels, False)
     return (
         torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device),
         torch.empty(weight.shape if weight_grad else (0,), dtype=weight.dtype, device=weight.device),
