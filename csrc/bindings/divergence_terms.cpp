@@ -73,4 +73,6 @@ void bind_divergence_terms(py::module_& m) {
         "dtype as log_ratio: float32 or float64, contiguous, one device)");
 }
 
+FDIV_REGISTER_BINDING(bind_divergence_terms);
+
 }  // namespace fdiv_ops::binding

@@ -129,4 +129,6 @@ void bind_f_distill(py::module_& m) {
         "each sample's share of loss.");
 }
 
+FDIV_REGISTER_BINDING(bind_f_distill);
+
 }  // namespace fdiv_ops::binding

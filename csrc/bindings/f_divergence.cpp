@@ -153,4 +153,6 @@ void bind_f_divergence(py::module_& m) {
         "q f(p/q) and q psi(p/q) element-wise (float32 with the CPU's vectorised math, or float64); CPU only.");
 }
 
+FDIV_REGISTER_BINDING(bind_f_divergence);
+
 }  // namespace fdiv_ops::binding

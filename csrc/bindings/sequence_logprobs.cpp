@@ -119,4 +119,6 @@ void bind_sequence_logprobs(py::module_& m) {
         "dL/dlogits into grad_logits (rows, V) contiguous from the per-row upstream gradients (each may be None).");
 }
 
+FDIV_REGISTER_BINDING(bind_sequence_logprobs);
+
 }  // namespace fdiv_ops::binding

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "divergences.h"
 #include "dtype.h"
@@ -20,6 +21,19 @@
 namespace fdiv_ops::binding {
 
 namespace py = pybind11;
+
+// Each op's binding file registers itself (FDIV_REGISTER_BINDING(bind_<op>) at namespace scope), and the
+// module (csrc/bindings.cpp) runs every registered function: adding an op touches no shared binding file.
+using BindFn = void (*)(py::module_&);
+inline std::vector<BindFn>& registered_bindings() {
+  static std::vector<BindFn> functions;
+  return functions;
+}
+struct RegisterBinding {
+  explicit RegisterBinding(BindFn fn) { registered_bindings().push_back(fn); }
+};
+#define FDIV_REGISTER_BINDING(FN) \
+  static const ::fdiv_ops::binding::RegisterBinding FN##_registration { FN }
 
 // The divergence `kind` with parameter `param`, checked against the table (divergences.h) in the dtype the
 // kernels compute in: float32 (single) for float32/bfloat16/float16 inputs, float64 for float64.
