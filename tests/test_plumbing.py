@@ -174,3 +174,30 @@ def test_a_tensor_on_another_device_runs_there():
     got = fdiv_ops.f_divergence_loss(s, t, divergence="js")
     assert torch.cuda.current_device() == 0 and got.device == torch.device("cuda:1")
     torch.testing.assert_close(got.cpu(), fdiv_ops.f_divergence_loss(s.cpu(), t.cpu(), divergence="js"))
+
+
+@pytest.mark.parametrize("name, inputs, fn", CASES, ids=IDS)
+def test_capsules_and_direct_tensors_give_the_same_results(name, inputs, fn, monkeypatch):
+    """torch >= 2.10: tensors reach the bindings as they are (the DLPack C exchange table); older torch: as
+    to_dlpack capsules. Both are the same reads of the same memory."""
+    from fdiv_ops.ops import _plumbing
+
+    results = []
+    for direct in (True, False):
+        monkeypatch.setattr(_plumbing, "DIRECT_TENSORS", direct)
+        leaves = _leaves(inputs)
+        out = fn(*leaves)
+        out.backward()
+        results.append((out.detach(), [leaf.grad for leaf in leaves]))
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
+
+
+def test_capsule_path_validates_alike(monkeypatch):
+    from fdiv_ops.ops import _plumbing
+
+    monkeypatch.setattr(_plumbing, "DIRECT_TENSORS", False)
+    rows = torch.randn(64, 1024), torch.randn(1, 1024), torch.ones(64)
+    with pytest.raises(ValueError, match=r"teacher must have shape \(rows, V'\)"):
+        torch.ops.fdiv_ops.f_divergence(*rows, 0, 0.0, torch.tensor(1.0, dtype=torch.float64), False)
+    with pytest.raises(TypeError, match="must be a tensor"):
+        fdiv_ops._C.divergence_terms(log_ratio="x", f=None, psi=None, h=None, kind=0, param=0.0)

@@ -10,7 +10,7 @@ namespace {
 constexpr const char* kOp = "divergence_terms";
 
 void divergence_terms(py::handle log_ratio_arg, py::handle f_arg, py::handle psi_arg, py::handle h_arg, int64_t kind,
-                      double param, std::uintptr_t stream, int /*num_threads*/) {
+                      double param, py::handle stream, int /*num_threads*/) {
   const TensorView l = tensor_arg(kOp, "log_ratio", log_ratio_arg);
   const TensorView f = tensor_arg(kOp, "f", f_arg), psi = tensor_arg(kOp, "psi", psi_arg),
                    h = tensor_arg(kOp, "h", h_arg);
@@ -25,11 +25,11 @@ void divergence_terms(py::handle log_ratio_arg, py::handle f_arg, py::handle psi
                              out->shape_str());
     expect_contiguous(*out);
   }
-  const Device device = common_device({&l, &f, &psi, &h});
+  common_device({&l, &f, &psi, &h});
   DivergenceEvalArgs a{
       divergence_spec(kOp, kind, param, l.dtype()), l.dtype(), l.data, l.numel(), f.data, psi.data, h.data};
   if (a.n == 0) return;
-  launch(kOp, device, stream, [&] { divergence_eval_cpu(a); }, FDIV_CUDA_FN(divergence_eval_cuda(a, cuda_stream)));
+  launch(l, stream, [&] { divergence_eval_cpu(a); }, FDIV_CUDA_FN(divergence_eval_cuda(a, cuda_stream)));
 }
 
 }  // namespace
@@ -68,7 +68,7 @@ void bind_divergence_terms(py::module_& m) {
       py::arg("kind"), py::arg("param"), py::arg("of_f"),
       "(up, down): psi and h (and f with of_f) grow like e^(up l) as l -> +inf and e^(-down l) as l -> -inf");
   m.def("divergence_terms", &divergence_terms, py::arg("log_ratio"), py::arg("f"), py::arg("psi"), py::arg("h"),
-        py::arg("kind"), py::arg("param"), py::arg("stream") = 0, py::arg("num_threads") = 1,
+        py::arg("kind"), py::arg("param"), py::arg("stream") = py::none(), py::arg("num_threads") = 1,
         "f, psi and h of divergence (kind, param) at each log-ratio, written into f, psi and h (same shape and "
         "dtype as log_ratio: float32 or float64, contiguous, one device)");
 }

@@ -8,7 +8,7 @@ namespace {
 
 void f_distill_weights(py::handle logits_arg, py::handle ratio_divisor_arg, py::handle ratio_arg, py::handle h_arg,
                        py::handle h_stats_arg, int64_t kind, double param, double logit_clamp, double ratio_lo,
-                       double ratio_hi, std::uintptr_t stream, int /*num_threads*/) {
+                       double ratio_hi, py::handle stream, int /*num_threads*/) {
   constexpr const char* op = "f_distill_weights";
   const TensorView logits = tensor_arg(op, "logits", logits_arg);
   const TensorView ratio = tensor_arg(op, "ratio", ratio_arg), h = tensor_arg(op, "h", h_arg);
@@ -40,14 +40,12 @@ void f_distill_weights(py::handle logits_arg, py::handle ratio_divisor_arg, py::
                         ratio_lo,    ratio_hi,       divergence_spec(op, kind, param, acc),
                         acc,         ratio.data,     h.data,
                         stats.data};
-  launch(
-      op, logits.device, stream, [&] { f_distill_weights_cpu(a); },
-      FDIV_CUDA_FN(f_distill_weights_cuda(a, cuda_stream)));
+  launch(logits, stream, [&] { f_distill_weights_cpu(a); }, FDIV_CUDA_FN(f_distill_weights_cuda(a, cuda_stream)));
 }
 
 void f_distill(py::handle x_arg, py::handle teacher_arg, py::handle fake_arg, py::handle h_arg, py::handle h_stats_arg,
                py::handle grad_arg, py::handle loss_arg, py::handle normalizer_arg, py::handle weight_arg,
-               py::handle workspace_arg, double eps, double scale, py::handle sample_loss_arg, std::uintptr_t stream,
+               py::handle workspace_arg, double eps, double scale, py::handle sample_loss_arg, py::handle stream,
                int num_threads) {
   constexpr const char* op = "f_distill";
   const TensorView x = tensor_arg(op, "x", x_arg);
@@ -107,7 +105,7 @@ void f_distill(py::handle x_arg, py::handle teacher_arg, py::handle fake_arg, py
   FDistillArgs a{x.data, teacher.data, fake.data, dtype,           batch,       dim,           h, h_stats, eps,
                  scale,  grad.data,    loss.data, normalizer.data, weight.data, workspace.data};
   a.sample_loss = sample_loss;
-  launch(op, x.device, stream, [&] { f_distill_cpu(a, num_threads); }, FDIV_CUDA_FN(f_distill_cuda(a, cuda_stream)));
+  launch(x, stream, [&] { f_distill_cpu(a, num_threads); }, FDIV_CUDA_FN(f_distill_cuda(a, cuda_stream)));
 }
 
 }  // namespace
@@ -117,13 +115,13 @@ void bind_f_distill(py::module_& m) {
         "Elements of the accumulation-dtype workspace that f_distill needs");
   m.def("f_distill_weights", &f_distill_weights, py::arg("logits"), py::arg("ratio_divisor"), py::arg("ratio"),
         py::arg("h"), py::arg("h_stats"), py::arg("kind"), py::arg("param"), py::arg("logit_clamp"),
-        py::arg("ratio_lo"), py::arg("ratio_hi"), py::arg("stream") = 0, py::arg("num_threads") = 1,
+        py::arg("ratio_lo"), py::arg("ratio_hi"), py::arg("stream") = py::none(), py::arg("num_threads") = 1,
         "Density ratio r (B,), h(r) (B,) and [sum h, B] from discriminator logits (B, K); the outputs' dtype "
         "(float32 or float64) is the accumulation dtype; ratio_divisor (B,) or None.");
   m.def("f_distill", &f_distill, py::arg("x"), py::arg("teacher_x0"), py::arg("fake_x0"), py::arg("h"),
         py::arg("h_stats"), py::arg("grad"), py::arg("loss"), py::arg("normalizer"), py::arg("weight"),
         py::arg("workspace"), py::arg("eps"), py::arg("scale"), py::arg("sample_loss") = py::none(),
-        py::arg("stream") = 0, py::arg("num_threads") = 1,
+        py::arg("stream") = py::none(), py::arg("num_threads") = 1,
         "The fused f-distill pass: x, teacher_x0, fake_x0 (B, ...) of one floating dtype; h (B,) and h_stats "
         "(2,) or None; writes grad, loss, normalizer, weight (accumulation dtype) and, when given, sample_loss (B,): "
         "each sample's share of loss.");

@@ -16,7 +16,7 @@ bool row_counted(const TensorView& row_scale, int64_t r) {
 
 void f_divergence(py::handle student_arg, py::handle teacher_arg, py::handle row_scale_arg, py::handle row_loss_arg,
                   py::handle grad_arg, py::handle labels_arg, int64_t kind, double param, double inv_temperature,
-                  bool teacher_is_logprobs, double hard_weight, std::uintptr_t stream, int num_threads) {
+                  bool teacher_is_logprobs, double hard_weight, py::handle stream, int num_threads) {
   constexpr const char* op = "f_divergence";
   const TensorView student = tensor_arg(op, "student", student_arg);
   const TensorView teacher = tensor_arg(op, "teacher", teacher_arg);
@@ -69,14 +69,12 @@ void f_divergence(py::handle student_arg, py::handle teacher_arg, py::handle row
                     labels,
                     labels != nullptr ? hard_weight : 0.0};
   if (rows == 0) return;
-  launch(
-      op, student.device, stream, [&] { f_divergence_cpu(a, num_threads); },
-      FDIV_CUDA_FN(f_divergence_cuda(a, cuda_stream)));
+  launch(student, stream, [&] { f_divergence_cpu(a, num_threads); }, FDIV_CUDA_FN(f_divergence_cuda(a, cuda_stream)));
 }
 
 void f_divergence_topk(py::handle student_arg, py::handle indices_arg, py::handle teacher_logprobs_arg,
                        py::handle row_scale_arg, py::handle row_loss_arg, py::handle grad_arg, int64_t kind,
-                       double param, double inv_temperature, std::uintptr_t stream, int num_threads) {
+                       double param, double inv_temperature, py::handle stream, int num_threads) {
   constexpr const char* op = "f_divergence_topk";
   const TensorView student = tensor_arg(op, "student", student_arg);
   const TensorView indices = tensor_arg(op, "indices", indices_arg);
@@ -111,7 +109,7 @@ void f_divergence_topk(py::handle student_arg, py::handle indices_arg, py::handl
       inv_temperature, divergence_spec(op, kind, param, dtype),   row_scale.data, row_loss.data, grad.data};
   if (rows == 0) return;
   launch(
-      op, student.device, stream, [&] { f_divergence_topk_cpu(a, num_threads); },
+      student, stream, [&] { f_divergence_topk_cpu(a, num_threads); },
       FDIV_CUDA_FN(f_divergence_topk_cuda(a, cuda_stream)));
 }
 
@@ -137,15 +135,15 @@ void categorical_eval(py::handle log_q_arg, py::handle log_p_arg, py::handle qf_
 void bind_f_divergence(py::module_& m) {
   m.def("f_divergence", &f_divergence, py::arg("student"), py::arg("teacher"), py::arg("row_scale"),
         py::arg("row_loss"), py::arg("grad"), py::arg("labels"), py::arg("kind"), py::arg("param"),
-        py::arg("inv_temperature"), py::arg("teacher_is_logprobs"), py::arg("hard_weight"), py::arg("stream") = 0,
-        py::arg("num_threads") = 1,
+        py::arg("inv_temperature"), py::arg("teacher_is_logprobs"), py::arg("hard_weight"),
+        py::arg("stream") = py::none(), py::arg("num_threads") = 1,
         "Row losses (times row_scale) into row_loss and their gradient into grad (which may be student itself). "
         "student (rows, V) and teacher (rows, V') of one floating dtype; row_scale, row_loss (rows,) in the "
         "accumulation dtype; labels (rows,) int64 or None (the hard term, weight hard_weight). All contiguous, "
         "on one device; stream: the CUDA stream to launch on.");
   m.def("f_divergence_topk", &f_divergence_topk, py::arg("student"), py::arg("indices"), py::arg("teacher_logprobs"),
         py::arg("row_scale"), py::arg("row_loss"), py::arg("grad"), py::arg("kind"), py::arg("param"),
-        py::arg("inv_temperature"), py::arg("stream") = 0, py::arg("num_threads") = 1,
+        py::arg("inv_temperature"), py::arg("stream") = py::none(), py::arg("num_threads") = 1,
         "f_divergence against a top-k teacher: indices (rows, k) int64 and teacher_logprobs (rows, k) in the "
         "accumulation dtype.");
   m.def("categorical_eval", &categorical_eval, py::arg("log_q"), py::arg("log_p"), py::arg("qf"), py::arg("qpsi"),

@@ -43,7 +43,7 @@ SeqLogprobsLayout layout(const char* op, const TensorView& logits, py::handle la
 }
 
 void seq_logprobs(py::handle logits_arg, py::handle labels_arg, py::handle logprobs_arg, py::handle entropy_arg,
-                  py::handle row_stats_arg, int64_t ignore_index, double inv_temperature, std::uintptr_t stream,
+                  py::handle row_stats_arg, int64_t ignore_index, double inv_temperature, py::handle stream,
                   int num_threads) {
   constexpr const char* op = "sequence_logprobs";
   const TensorView logits = tensor_arg(op, "logits", logits_arg);
@@ -62,15 +62,13 @@ void seq_logprobs(py::handle logits_arg, py::handle labels_arg, py::handle logpr
   }
   SeqLogprobsArgs a{in, logprobs.data, entropy, stats.data};
   if (rows == 0) return;
-  launch(
-      op, logits.device, stream, [&] { seq_logprobs_cpu(a, num_threads); },
-      FDIV_CUDA_FN(seq_logprobs_cuda(a, cuda_stream)));
+  launch(logits, stream, [&] { seq_logprobs_cpu(a, num_threads); }, FDIV_CUDA_FN(seq_logprobs_cuda(a, cuda_stream)));
 }
 
 void seq_logprobs_backward(py::handle logits_arg, py::handle labels_arg, py::handle row_stats_arg,
                            py::handle entropy_arg, py::handle grad_logprobs_arg, py::handle grad_entropy_arg,
-                           py::handle grad_logits_arg, int64_t ignore_index, double inv_temperature,
-                           std::uintptr_t stream, int num_threads) {
+                           py::handle grad_logits_arg, int64_t ignore_index, double inv_temperature, py::handle stream,
+                           int num_threads) {
   constexpr const char* op = "sequence_logprobs_backward";
   const TensorView logits = tensor_arg(op, "logits", logits_arg);
   const SeqLogprobsLayout in = layout(op, logits, labels_arg, ignore_index, inv_temperature);
@@ -100,7 +98,7 @@ void seq_logprobs_backward(py::handle logits_arg, py::handle labels_arg, py::han
   SeqLogprobsBackwardArgs a{in, stats.data, entropy, g_lp, g_ent, grad.data};
   if (rows == 0) return;
   launch(
-      op, logits.device, stream, [&] { seq_logprobs_backward_cpu(a, num_threads); },
+      logits, stream, [&] { seq_logprobs_backward_cpu(a, num_threads); },
       FDIV_CUDA_FN(seq_logprobs_backward_cuda(a, cuda_stream)));
 }
 
@@ -109,12 +107,12 @@ void seq_logprobs_backward(py::handle logits_arg, py::handle labels_arg, py::han
 void bind_sequence_logprobs(py::module_& m) {
   m.def("sequence_logprobs", &seq_logprobs, py::arg("logits"), py::arg("labels"), py::arg("logprobs"),
         py::arg("entropy"), py::arg("row_stats"), py::arg("ignore_index"), py::arg("inv_temperature"),
-        py::arg("stream") = 0, py::arg("num_threads") = 1,
+        py::arg("stream") = py::none(), py::arg("num_threads") = 1,
         "log softmax(logits / T)[label] per row into logprobs (rows,), the entropy when entropy is not None, and "
         "(max, log-sum) per row into row_stats (rows, 2). logits (N, V) or (B, T, V) with a unit-stride V.");
   m.def("sequence_logprobs_backward", &seq_logprobs_backward, py::arg("logits"), py::arg("labels"),
         py::arg("row_stats"), py::arg("entropy"), py::arg("grad_logprobs"), py::arg("grad_entropy"),
-        py::arg("grad_logits"), py::arg("ignore_index"), py::arg("inv_temperature"), py::arg("stream") = 0,
+        py::arg("grad_logits"), py::arg("ignore_index"), py::arg("inv_temperature"), py::arg("stream") = py::none(),
         py::arg("num_threads") = 1,
         "dL/dlogits into grad_logits (rows, V) contiguous from the per-row upstream gradients (each may be None).");
 }

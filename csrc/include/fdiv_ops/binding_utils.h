@@ -61,20 +61,36 @@ inline Device common_device(std::initializer_list<const TensorView*> tensors) {
 #define FDIV_CUDA_FN(...) [&](void*) { return 0; }
 #endif
 
-// Runs cpu_fn, or cuda_fn on `stream` (a cudaStream_t of `device`, as an integer: Python passes
-// torch.cuda.current_stream(device).cuda_stream), without the GIL. On CUDA the tensors' device is made
-// current for the launch and the caller's current device restored after it, so a tensor on cuda:1 works
-// while cuda:0 is current. A CUDA error left pending by earlier, unrelated work is cleared first, so that it
-// is not reported as this launch's failure; a sticky one (the context is broken) is named as such. No
+// The CUDA stream to launch on: `stream` as given (a cudaStream_t as an integer, from
+// torch.cuda.current_stream(device).cuda_stream), or when it is None the current stream of the tensors'
+// device as their framework reports it through the DLPack exchange table (no Python round trip).
+inline std::uintptr_t launch_stream(const TensorView& ref, py::handle stream) {
+  if (!stream.is_none()) return stream.cast<std::uintptr_t>();
+  if (!ref.device.cuda) return 0;
+  void* current = nullptr;
+  if (ref.api == nullptr || ref.api->current_work_stream(dlpack::kCUDA, ref.device.index, &current) != 0) {
+    if (PyErr_Occurred()) PyErr_Clear();
+    value_error(ref.op, "stream is required for CUDA tensors passed as DLPack capsules");
+  }
+  return reinterpret_cast<std::uintptr_t>(current);
+}
+
+// Runs cpu_fn, or cuda_fn on the stream (launch_stream) of ref's device, without the GIL. On CUDA the device
+// is made current for the launch and the caller's current device restored after it, so a tensor on cuda:1
+// works while cuda:0 is current. A CUDA error left pending by earlier, unrelated work is cleared first, so that
+// it is not reported as this launch's failure; a sticky one (the context is broken) is named as such. No
 // synchronisation: the launch's own error is all that is checked.
 template <typename CpuFn, typename CudaFn>
-void launch(const char* op, Device device, std::uintptr_t stream, CpuFn cpu_fn, CudaFn cuda_fn) {
+void launch(const TensorView& ref, py::handle stream_arg, CpuFn cpu_fn, CudaFn cuda_fn) {
+  const char* op = ref.op;
+  const Device device = ref.device;
   if (!device.cuda) {
     py::gil_scoped_release no_gil;
     cpu_fn();
     return;
   }
 #ifdef FDIV_OPS_WITH_CUDA
+  const std::uintptr_t stream = launch_stream(ref, stream_arg);
   std::string failure;
   {
     py::gil_scoped_release no_gil;
@@ -98,7 +114,7 @@ void launch(const char* op, Device device, std::uintptr_t stream, CpuFn cpu_fn, 
   }
   if (!failure.empty()) throw std::runtime_error(failure);
 #else
-  (void)stream;
+  (void)stream_arg;
   (void)cuda_fn;
   throw std::runtime_error(std::string("fdiv_ops::") + op +
                            ": fdiv_ops was built without CUDA, so it cannot run on CUDA tensors; reinstall it on a "

@@ -1,11 +1,11 @@
-// Tensors as the bindings receive them: DLPack capsules (torch.utils.dlpack.to_dlpack), read without
-// linking any framework, and the metadata checks every binding runs on them before a kernel does.
-// Only binding code includes this (it needs pybind11).
+// Tensors as the bindings receive them, read through DLPack without linking any framework, and the metadata
+// checks every binding runs on them before a kernel does. Only binding code includes this (it needs pybind11).
 //
-// A capsule is borrowed, never consumed: the binding reads the DLTensor while Python holds the capsule (the
-// call's argument) and leaves the capsule's name and deleter alone, so the capsule frees the producer's
-// context when Python drops it. Checks read metadata only (dtype, shape, strides, device): no data, no
-// host synchronisation.
+// Two ways in, both without copies or stream synchronisation: the tensor itself, read through the DLPack C
+// exchange table its type publishes (torch >= 2.10: no allocation at all), or a capsule from
+// torch.utils.dlpack.to_dlpack (any torch). A capsule is borrowed, never consumed: the binding reads it while
+// Python holds it (the call's argument) and leaves its name and deleter alone. Checks read metadata only
+// (dtype, shape, strides, device): no data, no host synchronisation.
 #pragma once
 
 #include <pybind11/pybind11.h>
@@ -59,7 +59,49 @@ struct ManagedTensorVersioned {
   uint64_t flags;
   Tensor dl_tensor;
 };
+// The C exchange table (DLPack >= 1.3) a tensor type publishes as __dlpack_c_exchange_api__ (torch >= 2.10):
+// a borrowed view of a tensor with no allocation and no synchronisation, and the framework's current stream.
+struct ExchangeAPIHeader {
+  Version version;
+  ExchangeAPIHeader* prev_api;
+};
+struct ExchangeAPI {
+  ExchangeAPIHeader header;
+  void* managed_tensor_allocator;
+  void* managed_tensor_from_py_object_no_sync;
+  void* managed_tensor_to_py_object_no_sync;
+  int (*dltensor_from_py_object_no_sync)(void* py_object, Tensor* out);  // may be null
+  int (*current_work_stream)(int32_t device_type, int32_t device_id, void** out_stream);
+};
 }  // namespace dlpack
+
+// The exchange table of obj's type, or null when it publishes none usable here. A few types are cached (a
+// call sees torch.Tensor and nn.Parameter); the tables live as long as the process, by the DLPack contract.
+inline const dlpack::ExchangeAPI* exchange_api(PyObject* obj) {
+  struct Entry {
+    PyTypeObject* type;
+    const dlpack::ExchangeAPI* api;
+  };
+  static Entry cache[4] = {};
+  static int next = 0;
+  PyTypeObject* type = Py_TYPE(obj);
+  for (const Entry& e : cache)
+    if (e.type == type) return e.api;
+  const dlpack::ExchangeAPI* api = nullptr;
+  PyObject* attr = PyObject_GetAttrString(reinterpret_cast<PyObject*>(type), "__dlpack_c_exchange_api__");
+  if (attr == nullptr) {
+    PyErr_Clear();
+  } else {
+    if (PyCapsule_IsValid(attr, "dlpack_exchange_api"))
+      api = static_cast<const dlpack::ExchangeAPI*>(PyCapsule_GetPointer(attr, "dlpack_exchange_api"));
+    Py_DECREF(attr);
+    if (api != nullptr && (api->header.version.major != 1 || api->dltensor_from_py_object_no_sync == nullptr))
+      api = nullptr;
+  }
+  cache[next] = Entry{type, api};
+  next = (next + 1) % 4;
+  return api;
+}
 
 // Where a kernel runs: the CPU, or one CUDA device.
 struct Device {
@@ -115,6 +157,7 @@ struct TensorView {
   const int64_t* strides = nullptr;
   dlpack::DataType dl_dtype{};
   Elem elem = Elem::other;
+  const dlpack::ExchangeAPI* api = nullptr;  // set when the tensor came through its type's exchange table
 
   int64_t size(int d) const { return shape[d]; }
   int64_t numel() const {
@@ -188,26 +231,41 @@ inline std::string TensorView::dtype_str() const {
   throw py::type_error(std::string("fdiv_ops::") + op + ": " + message);
 }
 
-// The view of a DLPack capsule; a TypeError naming the argument for anything else.
+// The view of a tensor argument: a framework tensor whose type publishes the DLPack C exchange table (read in
+// place), or a DLPack capsule from torch.utils.dlpack.to_dlpack (older torch); a TypeError naming the argument
+// for anything else.
 inline TensorView tensor_arg(const char* op, const char* name, py::handle obj) {
-  if (obj.is_none() || !PyCapsule_CheckExact(obj.ptr()))
-    type_error(op, std::string(name) + " must be a tensor (a DLPack capsule from torch.utils.dlpack.to_dlpack), got " +
-                       std::string(Py_TYPE(obj.ptr())->tp_name));
-  const char* capsule_name = PyCapsule_GetName(obj.ptr());
+  dlpack::Tensor exchanged;
   const dlpack::Tensor* t = nullptr;
-  if (capsule_name != nullptr && std::string(capsule_name) == "dltensor") {
-    t = &static_cast<dlpack::ManagedTensor*>(PyCapsule_GetPointer(obj.ptr(), capsule_name))->dl_tensor;
-  } else if (capsule_name != nullptr && std::string(capsule_name) == "dltensor_versioned") {
-    auto* v = static_cast<dlpack::ManagedTensorVersioned*>(PyCapsule_GetPointer(obj.ptr(), capsule_name));
-    if (v->version.major != 1) type_error(op, std::string(name) + ": unsupported DLPack major version");
-    t = &v->dl_tensor;
+  const dlpack::ExchangeAPI* api = nullptr;
+  if (obj.is_none()) type_error(op, std::string(name) + " must be a tensor, got None");
+  if (!PyCapsule_CheckExact(obj.ptr())) {
+    api = exchange_api(obj.ptr());
+    if (api == nullptr)
+      type_error(op, std::string(name) + " must be a tensor (or a DLPack capsule), got " +
+                         std::string(Py_TYPE(obj.ptr())->tp_name));
+    if (api->dltensor_from_py_object_no_sync(obj.ptr(), &exchanged) != 0) {
+      py::error_already_set err;
+      type_error(op, std::string(name) + " cannot be read as a DLPack tensor: " + err.what());
+    }
+    t = &exchanged;
   } else {
-    type_error(op, std::string(name) + " must be an unused DLPack capsule (\"dltensor\"), got one named " +
-                       (capsule_name ? capsule_name : "(null)"));
+    const char* capsule_name = PyCapsule_GetName(obj.ptr());
+    if (capsule_name != nullptr && std::string(capsule_name) == "dltensor") {
+      t = &static_cast<dlpack::ManagedTensor*>(PyCapsule_GetPointer(obj.ptr(), capsule_name))->dl_tensor;
+    } else if (capsule_name != nullptr && std::string(capsule_name) == "dltensor_versioned") {
+      auto* v = static_cast<dlpack::ManagedTensorVersioned*>(PyCapsule_GetPointer(obj.ptr(), capsule_name));
+      if (v->version.major != 1) type_error(op, std::string(name) + ": unsupported DLPack major version");
+      t = &v->dl_tensor;
+    } else {
+      type_error(op, std::string(name) + " must be an unused DLPack capsule (\"dltensor\"), got one named " +
+                         (capsule_name ? capsule_name : "(null)"));
+    }
   }
   TensorView v;
   v.op = op;
   v.name = name;
+  v.api = api;
   v.data = static_cast<char*>(t->data) + t->byte_offset;
   v.ndim = t->ndim;
   v.shape = t->shape;

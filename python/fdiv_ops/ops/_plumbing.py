@@ -1,8 +1,9 @@
 """The plumbing every op shares: how it reaches its kernels, how it is registered with torch, how its saved
 gradient flows back, and how rows are weighted by a reduction.
 
-* ``launch(kernel, device, **args)``: tensors pass to ``_C`` as DLPack capsules (``torch.utils.dlpack.to_dlpack``:
-  no stream synchronisation), by name, with the caller's CUDA stream and torch's CPU thread count. The binding
+* ``launch(kernel, device, **args)``: tensors pass to ``_C`` as they are (read through the DLPack C exchange table
+  torch >= 2.10 publishes) or as DLPack capsules (``torch.utils.dlpack.to_dlpack``), never with a stream
+  synchronisation, on torch's current CUDA stream, with torch's CPU thread count. The binding
   (csrc/bindings/<op>.cpp) checks every tensor against the others and binds the tensors' device for the launch.
 * ``Op``: one ``torch.library.custom_op`` (what torch.compile, export and opcheck see) and its eager fast path
   from the same implementation, fake, setup_context and backward. The fast path is a plain
@@ -16,12 +17,14 @@ gradient flows back, and how rows are weighted by a reduction.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 from torch.utils.dlpack import to_dlpack
 
+from .. import _C
 from .._backend import cuda_built
 
 # ---------------------------------------------------------------------------------------------------
@@ -38,19 +41,48 @@ def cuda_stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
+# torch >= 2.10 publishes the DLPack C exchange table on its tensor type: the bindings then read each tensor in
+# place (no capsule, no allocation) and take torch's current CUDA stream through it. Older torch: capsules from
+# to_dlpack and the stream from torch.cuda.current_stream.
+DIRECT_TENSORS = bool(_C.dlpack_exchange(torch.empty(0)))
+_SIGNATURES: dict[object, tuple[str, ...] | None] = {}
+
+
+def _parameters(kernel) -> tuple[str, ...] | None:
+    """The parameter names of a _C entry point, in order (from its pybind11 signature), or None if unreadable."""
+    if kernel not in _SIGNATURES:
+        doc = (getattr(kernel, "__doc__", None) or "").split("\n", 1)[0]
+        match = re.match(r"^\w+\((.*)\) ->", doc)
+        _SIGNATURES[kernel] = tuple(re.findall(r"(\w+): ", match.group(1))) if match else None
+    return _SIGNATURES[kernel]
+
+
 def launch(kernel: Callable, device: torch.device, /, **args) -> None:
-    """Call the ``_C`` entry point `kernel` with `args` by name: tensors as DLPack capsules (borrowed by the binding
-    for the call), None and scalars as they are, plus the stream of `device` and the CPU thread count."""
-    if device.type == "cuda":
-        stream = cuda_stream(device)
-    elif device.type == "cpu":
-        stream = 0
-    else:
+    """Call the ``_C`` entry point `kernel` with `args` (every parameter but stream and num_threads, by name): tensors
+    as they are or as DLPack capsules (borrowed by the binding for the call), None and scalars as they are, plus the
+    CUDA stream of `device` where the binding cannot ask torch itself, and the CPU thread count. The arguments go
+    positionally where the signature is known (pybind11 matches keywords by building a string per parameter)."""
+    if device.type not in ("cpu", "cuda"):
         raise ValueError(f"fdiv_ops runs on CPU and CUDA tensors, got a tensor on {device}")
-    for name, value in args.items():
-        if isinstance(value, torch.Tensor):
-            args[name] = to_dlpack(value)
-    kernel(**args, stream=stream, num_threads=torch.get_num_threads())
+    if DIRECT_TENSORS:
+        stream = None  # the binding takes torch's current stream of the tensors' device
+    else:
+        stream = cuda_stream(device) if device.type == "cuda" else 0
+        for name, value in args.items():
+            if isinstance(value, torch.Tensor):
+                args[name] = to_dlpack(value)
+    args["stream"] = stream
+    args["num_threads"] = torch.get_num_threads()
+    names = _parameters(kernel)
+    if names is not None and len(names) == len(args):
+        try:
+            positional = [args[name] for name in names]
+        except KeyError:
+            pass
+        else:
+            kernel(*positional)
+            return
+    kernel(**args)
 
 
 def scalar_tensor(value) -> torch.Tensor:
@@ -163,8 +195,10 @@ class Op:
     def __call__(self, *args):
         if _needs_dispatch(args):
             return self.op(*self.op_args(*args) if self.scalars else args)
-        if self._eager is None:
-            return self.impl(*args)  # an op without autograd (a backward op): its implementation, undispatched
+        if self._eager is None or not (
+            torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+        ):
+            return self.impl(*args)  # nothing to differentiate (or a backward op): the implementation alone
         return self._eager.apply(*args)
 
 
