@@ -113,13 +113,18 @@ def operand(value, like: torch.Tensor):
     return like.new_ones((), dtype=like.dtype) * value
 
 
-def tensor_arg(op: str, name: str, value: object, ndim: int | tuple[int, ...] | None = None) -> torch.Tensor:
+def tensor_arg(op: str, name: str, value: object, ndim: int | range | tuple[int, ...] | None = None) -> torch.Tensor:
     """The defensive first look of an op implementation (and its fake) at a tensor argument, before it allocates
     anything: a clear TypeError/ValueError rather than an unpacking or indexing error. The binding checks the rest."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"fdiv_ops::{op}: {name} must be a tensor, got {type(value).__name__}")
-    if ndim is not None and value.dim() not in ((ndim,) if isinstance(ndim, int) else ndim):
-        raise ValueError(f"fdiv_ops::{op}: {name} must have {ndim} dimensions, got shape {tuple(value.shape)}")
+    allowed = (ndim,) if isinstance(ndim, int) else ndim
+    if allowed is not None and value.dim() not in allowed:
+        if isinstance(allowed, range):
+            want = f"{allowed.start} to {allowed.stop - 1}"
+        else:
+            want = " or ".join(str(n) for n in allowed)
+        raise ValueError(f"fdiv_ops::{op}: {name} must have {want} dimensions, got shape {tuple(value.shape)}")
     return value
 
 

@@ -74,7 +74,7 @@ weights_op = Op("f_distill_weights", _weights, fake=_weights_fake, scalars=(3, 4
 
 def _outputs(x, disc_logits, reduction):
     """(loss, grad, normalizer, h, ratio), allocated alike by the implementation and the fake."""
-    tensor_arg("f_distill", "x", x, ndim=tuple(range(1, 9)))
+    tensor_arg("f_distill", "x", x, ndim=range(1, 65))
     if reduction not in REDUCTIONS:
         raise ValueError(f"fdiv_ops::f_distill: reduction must be one of {REDUCTIONS}, got {reduction!r}")
     acc = acc_dtype(x.dtype)

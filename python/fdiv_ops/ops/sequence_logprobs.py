@@ -78,7 +78,7 @@ def _launch_backward(
 
 def _seq_outputs(logits, labels, return_entropy: bool):
     """(logprobs, entropy, row_stats), allocated alike by the implementation and the fake."""
-    tensor_arg("sequence_logprobs", "logits", logits, ndim=tuple(range(2, 9)))
+    tensor_arg("sequence_logprobs", "logits", logits, ndim=range(2, 65))
     tensor_arg("sequence_logprobs", "labels", labels)
     if labels.shape != logits.shape[:-1]:
         raise ValueError(
@@ -133,7 +133,7 @@ def _seq_backward_impl(
 
 
 def _seq_backward_fake(logits, labels, stats, entropy, grad_logprobs, grad_entropy, ignore_index, temperature):
-    tensor_arg("sequence_logprobs_backward", "logits", logits, ndim=tuple(range(2, 9)))
+    tensor_arg("sequence_logprobs_backward", "logits", logits, ndim=range(2, 65))
     return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
 
 
