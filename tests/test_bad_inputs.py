@@ -833,6 +833,27 @@ def op_fseq(hidden=None, weight=None, bias=None, labels=None, temperature=None, 
     return ops.fused_linear_sequence_logprobs(hidden, weight, bias, labels, -100, t, False, chunk)
 
 
+def op_fseq_backward(**kw):
+    hidden, weight, labels = randn(6, 4), randn(9, 4), torch.zeros(6, dtype=torch.long)
+    _, entropy, stats = ops.fused_linear_sequence_logprobs(hidden, weight, None, labels, -100, f64(1.0), True, 2)
+    args = {
+        "hidden": hidden,
+        "weight": weight,
+        "bias": None,
+        "labels": labels,
+        "stats": stats,
+        "entropy": entropy,
+        "grad_logprobs": torch.ones(6),
+        "grad_entropy": None,
+        "ignore_index": -100,
+        "temperature": f64(1.0),
+        "chunk_size": 4,
+        "weight_grad": True,
+    }
+    args.update(kw)
+    return ops.fused_linear_sequence_logprobs_backward(*args.values())
+
+
 def op_fused(**kw):
     args = {
         "student_hidden": randn(6, 4),
@@ -1105,6 +1126,36 @@ for id_, call, err, match in [
     ),
     ("fused_linear_sequence_logprobs/hidden_1d", lambda: op_fseq(hidden=randn(6)), VE, "hidden must have 2 dimensions"),
     ("fused_linear_sequence_logprobs/temperature_zero", lambda: op_fseq(temperature=f64(0.0)), VE, "temperature must"),
+    (
+        "fused_linear_sequence_logprobs_backward/stats_shape",
+        lambda: op_fseq_backward(stats=torch.zeros(6, 3)),
+        VE,
+        "row_stats must have shape",
+    ),
+    (
+        "fused_linear_sequence_logprobs_backward/grad_logprobs_shape",
+        lambda: op_fseq_backward(grad_logprobs=torch.ones(5)),
+        VE,
+        "grad_logprobs must have shape",
+    ),
+    (
+        "fused_linear_sequence_logprobs_backward/weight_h",
+        lambda: op_fseq_backward(weight=randn(9, 3)),
+        VE,
+        "weight (V, H)",
+    ),
+    (
+        "fused_linear_sequence_logprobs_backward/labels_high",
+        lambda: op_fseq_backward(labels=torch.full((6,), 9)),
+        VE,
+        "labels must lie in [0, V)",
+    ),
+    (
+        "fused_linear_sequence_logprobs_backward/bias_shape",
+        lambda: op_fseq_backward(bias=randn(3)),
+        VE,
+        "bias must have shape (V,)",
+    ),
     (
         "fused_linear_f_divergence/teacher_rows",
         lambda: op_fused(teacher_hidden=randn(5, 5)),
