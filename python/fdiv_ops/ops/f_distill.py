@@ -301,9 +301,9 @@ def f_distill(
         dist.all_reduce(global_h_stats, group=process_group)  # [sum h, count] over every rank
     loss, _, normalizer, weight, ratio = f_distill_op(
         x,
-        teacher_x0.detach(),
-        fake_x0.detach(),
-        None if disc_logits is None else disc_logits.detach(),
+        teacher_x0,  # the op gives them no gradient
+        fake_x0,
+        disc_logits,
         ratio_divisor,
         global_h_stats,
         div.kernel_id,
