@@ -9,7 +9,11 @@ gradient flows back, and how rows are weighted by a reduction.
   from the same implementation, fake, setup_context and backward. The fast path is a plain
   ``torch.autograd.Function`` around the implementation, taken when nothing traces (no torch.compile, fake or
   functional tensors, dispatch or function modes, functorch transforms): it skips torch.library's dispatch and
-  autograd layers, about half of a small op's forward + backward time (measured: see docs / the seam report).
+  autograd layers. Measured with callgrind on a forward + backward of 4 x 64 fp32 inputs, the registered path
+  costs 1.3-2.4x the instructions of the fast path (f_divergence_loss 876k vs 612k, fused_linear_f_divergence
+  1.71M vs 0.92M, f_distill_loss 1.38M vs 0.57M); at 64 x 4096 the difference is the same ~0.2M instructions,
+  under 0.3% of the kernel. So every op takes it, and a call with nothing to differentiate skips the
+  autograd.Function too.
 * ``saved_gradient``: the "gradient written in forward, scaled by grad_output in backward" pattern.
 * ``row_weights``: the per-row weights of a "batchmean"/"sum"/"none" reduction with ignored rows.
 """
