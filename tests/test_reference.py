@@ -13,6 +13,7 @@ import fdiv_ops
 import mpmath
 import pytest
 import torch
+import torch.nn.functional as F
 from divergence_cases import ALL, IDS
 from fdiv_ops import reference as ref
 from fdiv_ops.reference_divergences import TABLE, lookup
@@ -319,3 +320,62 @@ def test_f_dpo_and_dpo_with_a_minus_inf_reference_log_prob(label_smoothing):
         ref.dpo_loss(pc, pr, rc, rr, label_smoothing=label_smoothing)[0],
     ):
         assert losses.tolist() == want
+
+
+# ---------------------------------------------------------------------------------------------------
+# The derivations of docs/math.md §3 and §4, against autograd of the reference in float64
+
+
+@pytest.mark.parametrize("div", ALL, ids=IDS)
+def test_three_pass_gradient_formula(div):
+    # docs/math.md §3.3: d loss_row / dz_j = (1/T) (q_j psi_j [j kept] - q_j S), S = sum_kept q psi
+    temperature = 1.7
+    student, teacher = torch.randn(3, 11, dtype=torch.float64), torch.randn(3, 11, dtype=torch.float64)
+    teacher[0, 2] = student[1, 5] = -math.inf  # dropped entries
+    leaf = student.clone().requires_grad_()
+    ref.f_divergence_loss(leaf, teacher, divergence=div, temperature=temperature, reduction="sum").backward()
+    lq, lp = (torch.log_softmax(x / temperature, dim=-1) for x in (student, teacher))
+    kept = torch.isfinite(lq) & torch.isfinite(lp)
+    q = lq.exp()
+    q_psi = torch.where(kept, q * ref.psi(div, torch.where(kept, lp - lq, 0.0)), 0.0)
+    formula = (q_psi - q * q_psi.sum(-1, keepdim=True)) / temperature
+    torch.testing.assert_close(leaf.grad, formula, rtol=1e-10, atol=1e-13)
+
+
+def test_sequence_logprobs_backward_formula():
+    # docs/math.md §4.1: dL/dz_v = (1/T) [g (delta_vy - pi_v) - g_H pi_v (log pi_v + H)]
+    temperature = 0.8
+    logits = 3 * torch.randn(4, 9, dtype=torch.float64)
+    labels = torch.tensor([0, 3, 8, 2])
+    g, g_h = torch.randn(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    leaf = logits.clone().requires_grad_()
+    logprobs, entropy = ref.sequence_logprobs(leaf, labels, temperature=temperature, return_entropy=True)
+    torch.autograd.backward([logprobs, entropy], [g, g_h])
+    log_pi = torch.log_softmax(logits / temperature, dim=-1)
+    pi = log_pi.exp()
+    h = -(pi * log_pi).sum(-1, keepdim=True)
+    onehot = F.one_hot(labels, 9).to(torch.float64)
+    formula = (g[:, None] * (onehot - pi) - g_h[:, None] * pi * (log_pi + h)) / temperature
+    torch.testing.assert_close(leaf.grad, formula, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("div", ALL, ids=IDS)
+def test_policy_gradient_of_a_divergence_is_psi_weighted(div):
+    # docs/math.md §4.2: grad_theta D_f(p || pi) = E_pi[psi(p / pi) grad log pi], exactly, on a categorical pi
+    theta = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    log_p = torch.log_softmax(torch.randn(7, dtype=torch.float64), dim=0)
+    log_pi = torch.log_softmax(theta, dim=0)
+    (exact,) = torch.autograd.grad(ref.categorical_divergence(div, log_pi, log_p), theta, retain_graph=True)
+    weights = (log_pi.exp() * ref.psi(div, log_p - log_pi)).detach()
+    (estimate,) = torch.autograd.grad((weights * log_pi).sum(), theta)
+    torch.testing.assert_close(estimate, exact, rtol=1e-10, atol=1e-13)
+
+
+def test_f_dpo_implicit_rewards():
+    # docs/math.md §4.3, with u = pi / pi_ref = 1 / r
+    u = torch.tensor([0.01, 0.5, 1.0, 3.0, 40.0], dtype=torch.float64)
+    l = -torch.log(u)
+    torch.testing.assert_close(ref.psi("reverse_kl", l), 1 + torch.log(u))
+    torch.testing.assert_close(ref.psi("js", l), torch.log(2 * u / (1 + u)))
+    torch.testing.assert_close(ref.psi("forward_kl", l), -1 / u)
+    torch.testing.assert_close(ref.psi(fdiv_ops.alpha(0.3), l), (1 - u**-0.3) / 0.3)
