@@ -19,7 +19,8 @@ float64, inf only where the value itself is beyond float64: logs of sums by loga
 inexact is cancellation where the value is tiny: f(r) ~ f''(1)(r - 1)^2 / 2 near r = 1 is resolved to about
 1e-16 absolutely, not relatively.
 
-Adding a divergence: one subclass here and one entry in TABLE (the fifth place of CONTRIBUTING.md's list).
+Adding a divergence: one subclass here, whose `name` enters it in TABLE (CONTRIBUTING.md has the list of
+places a new divergence touches).
 """
 
 from __future__ import annotations
@@ -65,10 +66,21 @@ def split(cond: Tensor, left: Callable, right: Callable, *args: Tensor) -> Tenso
     return torch.where(cond, a, b)
 
 
+# name -> object, for every divergence of fdiv_ops.DIVERGENCES: filled by defining a subclass with a name
+# (RefDivergence.__init_subclass__), so adding a divergence here is writing its class and nothing else.
+# tests/test_reference.py checks that the names are exactly fdiv_ops.DIVERGENCES.
+TABLE: dict[str, RefDivergence] = {}
+
+
 class RefDivergence:
     """One divergence. Subclasses write f, psi, h for finite l, qf for finite (log q, log p), and limits."""
 
-    name = ""
+    name = ""  # the name in fdiv_ops.DIVERGENCES; a subclass without one is not a table entry
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            TABLE[cls.name] = cls()
 
     def canonical(self, a: float) -> tuple[RefDivergence, float]:
         """The object and parameter that evaluate this divergence at `a` (a parametric family may hand its
@@ -102,9 +114,7 @@ class RefDivergence:
 
 
 class Zero(RefDivergence):
-    """f = 0: the skew divergences at lambda = 1 compare a distribution with itself."""
-
-    name = "zero"
+    """f = 0: the skew divergences at lambda = 1 compare a distribution with itself (not a table entry)."""
 
     def definition(self, r, a, m):
         return 0 * r
@@ -562,28 +572,8 @@ class SkewReverseKL(RefDivergence):
 
 
 ZERO = Zero()
-FORWARD_KL = ForwardKL()
-REVERSE_KL = ReverseKL()
-
-# name -> object, for every divergence of fdiv_ops.DIVERGENCES (tests/test_reference.py checks the names).
-TABLE: dict[str, RefDivergence] = {
-    d.name: d
-    for d in (
-        FORWARD_KL,
-        REVERSE_KL,
-        JS(),
-        GkdJsd(),
-        SquaredHellinger(),
-        SoftenedRKL(),
-        Jeffreys(),
-        TotalVariation(),
-        PearsonChi2(),
-        NeymanChi2(),
-        Alpha(),
-        SkewForwardKL(),
-        SkewReverseKL(),
-    )
-}
+FORWARD_KL = TABLE["forward_kl"]
+REVERSE_KL = TABLE["reverse_kl"]
 
 
 def lookup(name: str, param: float | None) -> tuple[RefDivergence, float]:
