@@ -22,6 +22,9 @@ import pytest
 import torch
 from divergence_cases import ALL
 from fdiv_ops import reference as ref
+
+# A test dependency (the [test] extra); where it is missing (a bare GPU image) this module reports a skip.
+pytest.importorskip("hypothesis", reason="the property suite needs hypothesis: pip install -e '.[test]'")
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
