@@ -305,13 +305,15 @@ def test_plot_without_matplotlib_says_what_to_install(monkeypatch, capsys, tmp_p
 
 @pytest.mark.cuda
 def test_bench_on_cuda_tiny(tmp_path):
+    # compile is left out: torch.compile on a fresh GPU machine takes minutes (gpu_check.sh times it apart)
     path = tmp_path / "cuda.json"
-    assert cli.main(["bench", "--device", "cuda", "--preset", "tiny", "--json", str(path)]) == 0
+    argv = ["bench", "--device", "cuda", "--preset", "tiny", "--providers", "fdiv_ops,torch,trl,liger"]
+    assert cli.main([*argv, "--json", str(path)]) == 0
     records = json.loads(path.read_text())
     assert records[0]["device"] == "cuda" and records[0]["copy_gbps"] > 0
     for r in records[1:]:
-        if r["provider"] == "liger" and r["fwd_ms"] is None:
-            assert r["note"].startswith("skipped:")  # not installed, or no Liger equivalent of this op
+        if r["provider"] in ("liger", "trl") and r["fwd_ms"] is None:
+            assert r["note"].startswith("skipped:")  # not installed, or no equivalent of this op
             continue
         assert r["note"] is None, r
         assert r["fwd_bwd_ms"] > 0 and r["peak_mem_mb"] >= 0  # max_memory_allocated over one step
@@ -581,3 +583,24 @@ def test_headline_compares_fdiv_ops_with_every_provider_baseline_first():
     assert headline.comparisons(results, "compile") == ["compile", "torch", "trl"]
     (row,) = headline.rows(results, "compile")
     assert row["speedups"] == {"compile": 2.0, "torch": 4.0, "trl": None} and row["case"] == "2x3"
+
+
+def test_load_merges_a_separate_run_of_another_provider(tiny_run, capsys, tmp_path):
+    """gpu_check.sh times compile apart: --load A --load B adds B's providers to A and recomputes speed-ups."""
+    first = tiny_run[1]
+    second = [dict(first[0], providers=["compile"], command=["second"])]
+    for r in first[1:]:
+        if r["provider"] == "fdiv_ops":
+            second.append(dict(r, provider="compile", fwd_ms=2 * r["fwd_ms"], fwd_bwd_ms=2 * r["fwd_bwd_ms"]))
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, run in zip(paths, (first, second)):
+        path.write_text(json.dumps(run))
+    merged_path = tmp_path / "merged.json"
+    argv = ["bench", "--load", str(paths[0]), "--load", str(paths[1]), "--json", str(merged_path)]
+    assert cli.main(argv) == 0
+    merged = json.loads(merged_path.read_text())
+    assert merged[0]["providers"] == ["fdiv_ops", "torch", "compile"] and len(merged[0]["merged_from"]) == 2
+    ours = [r for r in merged[1:] if r["provider"] == "fdiv_ops"]
+    assert ours and all(r["speedup_vs_compile"] == pytest.approx(2.0) for r in ours)
+    assert len(merged) == len(first) + len(second) - 1
+    assert "vs compile" in capsys.readouterr().out

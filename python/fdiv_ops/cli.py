@@ -2,7 +2,7 @@
 
     fdiv-ops bench [OP ...] [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--preset tiny|quick|headline|full]
                    [--providers fdiv_ops,torch,compile,trl,liger] [--baseline torch|compile|trl]
-                   [--threads N] [--json PATH] [--plot PATH] [--load PATH]
+                   [--threads N] [--json PATH] [--plot PATH] [--load PATH ...]
 
 With no arguments: every op in this build, the quick preset, on the GPU when one is usable, else the CPU.
 Every argument, the --json and --plot destinations included, is checked before anything is measured
@@ -84,6 +84,9 @@ def _write_json(path: str, records: list[dict]) -> None:
     with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".fdiv-ops-bench-", suffix=".tmp", delete=False) as fh:
         json.dump(_json_safe(records), fh, indent=1)
         fh.write("\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(fh.name, 0o666 & ~umask)  # as open() would have made it, not the temporary file's 0600
     os.replace(fh.name, path)
 
 
@@ -126,7 +129,8 @@ def _check_args(args) -> str | None:
     if args.plot and matplotlib_missing():
         return matplotlib_missing()
     if args.load:
-        return None if os.path.isfile(args.load) else f"--load {args.load}: no such file"
+        missing_files = [path for path in args.load if not os.path.isfile(path)]
+        return f"--load {missing_files[0]}: no such file" if missing_files else None
     available, missing = registry.available(), registry.missing()
     valid_ops = ", ".join(available) or "none"
     for op in args.ops:
@@ -166,10 +170,13 @@ def _bench(args) -> int:
     problem = _check_args(args)
     if problem:
         return _error(problem)
-    if args.load:  # show (and plot) an earlier run's records
-        with open(args.load) as fh:
-            records = json.load(fh)
-        code = _save(records, None, args.plot)
+    if args.load:  # show (and plot, and write merged) earlier runs' records
+        runs = []
+        for path in args.load:
+            with open(path) as fh:
+                runs.append(json.load(fh))
+        records = runs[0] if len(runs) == 1 else runner.merge(runs)
+        code = _save(records, args.json if len(runs) > 1 else None, args.plot)
         report.print_table(records)
         return code
     available, missing = registry.available(), registry.missing()
@@ -263,7 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         "--plot", default=None, metavar="PATH", help="write time, speed-up and memory plots to this .png/.svg/.pdf"
     )
     bench.add_argument(
-        "--load", default=None, metavar="PATH", help="show (and --plot) the records of an earlier --json; run nothing"
+        "--load",
+        action="append",
+        metavar="PATH",
+        help="show (and --plot) the records of an earlier --json, measuring nothing; given several times, "
+        "merge the runs (later runs add the providers the earlier lack) and write them to --json",
     )
     bench.set_defaults(fn=_bench)
     args = parser.parse_args(argv)

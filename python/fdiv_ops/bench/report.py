@@ -88,7 +88,8 @@ def load_note(head: dict) -> str | None:
     busy = ""
     if head["device"] == "cpu" and max(loads) > head["threads"]:
         busy = " (busier than the threads used: other processes inflate and spread these timings)"
-    return f"1-minute load average {loads[0]:.1f} at the start{end}, {head['threads']} threads{busy}"
+    threads = f"{head['threads']} thread{'s' if head['threads'] != 1 else ''}"
+    return f"1-minute load average {loads[0]:.1f} at the start{end}, {threads}{busy}"
 
 
 def notes(head: dict, results: list[dict], extra: list[str] = ()) -> list[str]:

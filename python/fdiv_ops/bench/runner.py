@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import json
 import os
 import platform
 import time
@@ -47,6 +48,11 @@ SCHEMA_VERSION = 2
 Progress = Callable[[str], None]  # called as each unit of work starts, with what it is
 
 
+def _threads() -> str:
+    count = torch.get_num_threads()
+    return f"{count} thread{'s' if count != 1 else ''}"
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -54,10 +60,10 @@ def device_name(device: torch.device) -> str:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
                 if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+                    return f"{line.split(':', 1)[1].strip()} ({_threads()})"
     except OSError:
         pass
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    return f"{platform.processor() or platform.machine()} ({_threads()})"
 
 
 def _version(distribution: str) -> str | None:
@@ -350,3 +356,38 @@ def run(
     head["load_avg_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     head["complete"] = True
     return [head, *results]
+
+
+def _record_key(r: dict) -> tuple:
+    return (r["op"], tuple(r["shape"]), json.dumps(r.get("params", {}), sort_keys=True), r["dtype"], r["device"])
+
+
+def merge(runs: list[list[dict]]) -> list[dict]:
+    """One record list from several runs of the same ops and sizes (gpu_check.sh times the compile provider
+    in a run of its own): the first run's header and records, then each later run's records of providers
+    the earlier runs lack, with the speed-ups recomputed across them. Such a speed-up compares times of
+    separate runs on the same machine; the header's ``merged_from`` lists the runs."""
+    head = dict(runs[0][0])
+    results = [dict(r) for r in runs[0][1:]]
+    have = {(*_record_key(r), r["provider"]) for r in results}
+    for run in runs[1:]:
+        for r in run[1:]:
+            if (*_record_key(r), r["provider"]) not in have:
+                results.append(dict(r))
+                have.add((*_record_key(r), r["provider"]))
+        head["providers"] = list(dict.fromkeys([*head["providers"], *run[0]["providers"]]))
+    head["merged_from"] = [run[0].get("command") for run in runs]
+    head["complete"] = all(run[0].get("complete", True) for run in runs)
+    cases: dict[tuple, list[dict]] = {}
+    for r in results:  # grouped per size, in the first run's order
+        cases.setdefault(_record_key(r), []).append(r)
+    order = {name: k for k, name in enumerate(providers.PROVIDERS)}
+    merged = []
+    for group in cases.values():
+        group.sort(key=lambda r: order.get(r["provider"], len(order)))
+        for r in group:
+            for base in providers.BASELINES:
+                r[f"speedup_vs_{base}"] = r[f"fwd_speedup_vs_{base}"] = None
+        _speedups(group)
+        merged += group
+    return [head, *merged]
