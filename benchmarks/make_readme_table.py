@@ -52,10 +52,18 @@ fmt, headline = _load("fmt"), _load("headline")
 SPEEDUP_BASES = ("torch", "compile")
 
 
-def _read(path: Path) -> tuple[dict, list[dict]]:
+def _bench_output(path: Path) -> list[dict] | None:
+    """The records of a `fdiv-ops bench --json` file, or None for the other JSON kept in results/ (e.g. a
+    kernel resource report)."""
     records = json.loads(path.read_text())
+    if isinstance(records, list) and records and isinstance(records[0], dict) and records[0].get("record") == "header":
+        return records
+    return None
+
+
+def _read(path: Path, records: list[dict]) -> tuple[dict, list[dict]]:
     head = records[0]
-    if head.get("record") != "header" or head.get("schema_version", 1) < 2:
+    if head.get("schema_version", 1) < 2:
         raise ValueError(
             f"{path}: not a schema-2 file of `fdiv-ops bench --json` (rerun: python benchmarks/make_readme_table.py "
             "--rerun)"
@@ -149,10 +157,10 @@ def detail_table(path: Path, head: dict, results: list[dict]) -> list[str]:
 
 
 def render(results_dir: Path) -> str:
-    paths = sorted(results_dir.glob("*.json"))
-    if not paths:
+    runs = [(p, records) for p in sorted(results_dir.glob("*.json")) if (records := _bench_output(p)) is not None]
+    if not runs:
         return "_No results yet: run `python benchmarks/make_readme_table.py --rerun`._"
-    files = sorted(((p, *_read(p)) for p in paths), key=_order)
+    files = sorted(((p, *_read(p, records)) for p, records in runs), key=_order)
     lines = [
         "fdiv_ops' forward+backward speed-up over what users run now (> 1: fdiv_ops is faster; the rows "
         "below say what each provider runs):",

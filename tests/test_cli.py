@@ -269,6 +269,19 @@ def test_readme_table_renders_a_bench_json(tmp_path, tiny_run):
     assert script.main(["--check", "--readme", str(readme), "--results", str(results)]) == 0
 
 
+def test_readme_table_ignores_other_json_in_results(tmp_path, tiny_run):
+    """results/ also holds other JSON (a kernel resource report): only `fdiv-ops bench --json` files count."""
+    script = _readme_table_script()
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "cpu.json").write_text(json.dumps(tiny_run[1]))
+    (results / "sass_before.json").write_text(json.dumps([{"unit": "f_divergence.cu", "reg": 40}]))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{script.START}\n{script.END}\n")
+    assert script.main(["--readme", str(readme), "--results", str(results)]) == 0
+    assert "**cpu.json**" in readme.read_text() and "sass_before" not in readme.read_text()
+
+
 class _Terminal(__import__("io").StringIO):
     def isatty(self):
         return True
