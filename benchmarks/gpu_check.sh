@@ -140,6 +140,7 @@ stage() {  # stage NAME CAP_S LOGPATH COMMAND...: run under min(CAP_S, time to t
     return 99
   fi
   echo "== $name (limit ${limit} s)"
+  echo "=== $name" >> "$log"  # where this stage's part of a shared log begins (status.json's summaries)
   timeout -k 5 "$limit" "$@" >> "$log" 2>&1
   rc=$?
   record "$name" "$rc" "$(($(date +%s) - start))" "$limit" "$log"
