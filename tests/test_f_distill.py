@@ -391,7 +391,7 @@ def _supports_reduction_none():
 @pytest.mark.skipif(not _supports_reduction_none(), reason="the bindings do not pass sample_loss yet")
 def test_reduction_none_gives_the_per_sample_losses(device):
     x, t, f, logits = _inputs((5, 2, 7), device=device)
-    x = x * 1e21  # formed safely, like the total
+    x, t, f = (v * 1e21 for v in (x, t, f))  # formed safely, like the total
     per = fdiv_ops.f_distill_loss(x, t, f, logits, divergence="js", reduction="none")
     _, _, want = _closed_form(x, t, f, logits, "js", reduction="sum")
     torch.testing.assert_close(per.double().cpu(), want, rtol=1e-5, atol=0)
