@@ -44,13 +44,17 @@ def find_tool(name: str) -> str:
     try:
         import nvidia  # the pip wheels nvidia-cuda-cuobjdump / nvidia-cuda-nvdisasm
 
-        candidates += [Path(p) / sub / "bin" / name for p in nvidia.__path__ for sub in ("cu13", "cu12", "cuda_cuobjdump")]
+        candidates += [
+            Path(p) / sub / "bin" / name for p in nvidia.__path__ for sub in ("cu13", "cu12", "cuda_cuobjdump")
+        ]
     except ImportError:
         pass
     for c in candidates:
         if c.is_file():
             return str(c)
-    sys.exit(f"{name} not found: install the CUDA toolkit's, or `pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm`")
+    sys.exit(
+        f"{name} not found: install the CUDA toolkit's, or `pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm`"
+    )
 
 
 def demangle(names: list[str]) -> dict[str, str]:
