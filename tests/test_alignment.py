@@ -13,7 +13,9 @@ import pytest
 import torch
 from divergence_cases import ALL, IDS  # every divergence of fdiv_ops.DIVERGENCES
 from fdiv_ops import reference as ref
-from fdiv_ops.ops.divergence_psi import _terms_op, clamp_log_ratio, dtype_max_exponent
+from fdiv_ops.ops.divergence_terms import clamp_log_ratio, divergence_terms_op, dtype_max_exponent
+
+_terms_op = divergence_terms_op.op
 
 # ---------------------------------------------------------------------------------------------------
 # divergence_terms and the exponent clamp

@@ -9,7 +9,7 @@ import torch
 from divergence_cases import ALL, IDS  # every divergence of fdiv_ops.DIVERGENCES, with parameter values
 from fdiv_ops import _C
 from fdiv_ops import reference as ref
-from fdiv_ops._backend import DTYPE_CODES, device_args
+from fdiv_ops.ops._plumbing import launch
 
 
 def test_every_kernel_divergence_is_exposed():
@@ -40,16 +40,15 @@ def _kernel_eval(div, l, device):
     d = fdiv_ops.resolve(div)
     l = l.to(device).contiguous()
     out = [torch.empty_like(l) for _ in range(3)]
-    on_cuda, stream = device_args(l.device)
-    _C.divergence_eval(
-        d.kernel_id,
-        d.kernel_param,
-        DTYPE_CODES[l.dtype],
-        l.data_ptr(),
-        l.numel(),
-        *(o.data_ptr() for o in out),
-        on_cuda,
-        stream,
+    launch(
+        _C.divergence_terms,
+        l.device,
+        log_ratio=l,
+        f=out[0],
+        psi=out[1],
+        h=out[2],
+        kind=d.kernel_id,
+        param=d.kernel_param,
     )
     return [o.cpu() for o in out]
 

@@ -162,25 +162,31 @@ def test_returned_statistics():
 def test_opcheck():
     x, t, f, logits = _inputs((3, 4, 5))
     x.requires_grad_()
-    from fdiv_ops.ops.f_distill import _f_distill_op, _weights_op, compute_weights
+    from fdiv_ops.ops.f_distill import compute_weights, f_distill_op, weights_op
+
+    _f_distill_op, _weights_op = f_distill_op.op, weights_op.op
 
     js = fdiv_ops.resolve("js")
     _, _, stats = compute_weights(logits, js, False, 10.0, 0.1, 20.0)
     common = (js.kernel_id, 0.0, 10.0, 0.1, 20.0)
-    torch.library.opcheck(_f_distill_op, (x, t, f, logits, None, None, *common, True, 1e-6, "mean"))
-    torch.library.opcheck(_f_distill_op, (x, t, f, logits, torch.rand(3) + 0.5, stats, *common, True, 1e-6, "sum"))
-    torch.library.opcheck(_f_distill_op, (x, t, f, None, None, None, *common, False, 1e-6, "sum"))
-    torch.library.opcheck(_weights_op, (logits, None, False, 10.0, 0.1, 20.0, 2, 0.0))
+    torch.library.opcheck(_f_distill_op, f_distill_op.op_args(x, t, f, logits, None, None, *common, True, 1e-6, "mean"))
+    torch.library.opcheck(
+        _f_distill_op, f_distill_op.op_args(x, t, f, logits, torch.rand(3) + 0.5, stats, *common, True, 1e-6, "sum")
+    )
+    torch.library.opcheck(_f_distill_op, f_distill_op.op_args(x, t, f, None, None, None, *common, False, 1e-6, "sum"))
+    torch.library.opcheck(_weights_op, weights_op.op_args(logits, None, False, 10.0, 0.1, 20.0, 2, 0.0))
 
 
 def test_eager_fast_path_equals_the_registered_op():
-    from fdiv_ops.ops.f_distill import _f_distill_op, _FDistillEager
+    from fdiv_ops.ops.f_distill import f_distill_op
+
+    _f_distill_op, _FDistillEager = f_distill_op.op, f_distill_op._eager
 
     x, t, f, logits = _inputs((3, 4, 5))
     js = fdiv_ops.resolve("js")
     rest = (t, f, logits, None, None, js.kernel_id, 0.0, 10.0, 0.1, 20.0, True, 1e-6, "mean")
     grads = []
-    for fn in (_FDistillEager.apply, _f_distill_op):
+    for fn in (_FDistillEager.apply, lambda *a: _f_distill_op(*f_distill_op.op_args(*a))):
         xg = x.clone().requires_grad_()
         out = fn(xg, *rest)
         (out[0] * 3.0).backward()
@@ -240,10 +246,10 @@ def test_module_divergence_estimate_and_time_without_bins():
 def test_cuda_tensor_on_cpu_only_build_is_a_clear_error():
     if fdiv_ops.build_info()["cuda"]:
         pytest.skip("this build has CUDA")
-    from fdiv_ops._backend import device_args
+    from fdiv_ops.ops._plumbing import cuda_stream
 
     with pytest.raises(RuntimeError, match="built without CUDA"):
-        device_args(torch.device("cuda"))
+        cuda_stream(torch.device("cuda"))
 
 
 @pytest.mark.parametrize(
@@ -264,7 +270,7 @@ def test_cuda_tensor_on_cpu_only_build_is_a_clear_error():
         ),
         (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, None, divergence="js"), ValueError, "only reverse_kl"),
         (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg, eps=0.0), ValueError, "eps must be"),
-        (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg, reduction="none"), ValueError, "reduction must"),
+        (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg, reduction="avg"), ValueError, "reduction must"),
         (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x.long(), t, f, lg), TypeError, "x must have a floating dtype"),
         (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x.numpy(), t, f, lg), TypeError, "x must be a torch.Tensor"),
     ],
