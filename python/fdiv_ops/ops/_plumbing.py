@@ -30,7 +30,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 from torch.utils.dlpack import to_dlpack
 
 from .. import _C
-from .._backend import cuda_built
+from .._cuda_status import require_cuda
 
 # ---------------------------------------------------------------------------------------------------
 # Reaching the kernels
@@ -38,11 +38,6 @@ from .._backend import cuda_built
 
 def cuda_stream(device: torch.device) -> int:
     """The handle of torch's current stream on `device` (a CUDA device): the kernels launch there, unsynchronised."""
-    if not cuda_built():
-        raise RuntimeError(
-            "fdiv_ops was built without CUDA, so it cannot run on CUDA tensors; reinstall it on a machine "
-            "with nvcc (FDIV_OPS_CUDA=ON makes the build fail loudly instead of skipping CUDA)"
-        )
     return torch.cuda.current_stream(device).cuda_stream
 
 
@@ -69,6 +64,8 @@ def launch(kernel: Callable, device: torch.device, /, **args) -> None:
     positionally where the signature is known (pybind11 matches keywords by building a string per parameter)."""
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"fdiv_ops runs on CPU and CUDA tensors, got a tensor on {device}")
+    if device.type == "cuda":
+        require_cuda(device)  # cached: says exactly why CUDA is unusable here and what to install
     if DIRECT_TENSORS:
         stream = None  # the binding takes torch's current stream of the tensors' device
     else:
