@@ -32,7 +32,8 @@ class FDistillLoss(nn.Module):
     """f_distill_loss with the optional time-bin ratio normalisation of f-distill, and logging state.
 
     With ``num_time_bins > 0`` the density ratio r_b of each sample is divided by the running mean of r
-    over the samples whose time t falls in the same bin (bins equally spaced over ``time_range``)::
+    over the samples whose time t falls in the same bin (bins equally spaced over ``time_range``, which has no
+    default: bins need the range of the ``time`` the caller passes, e.g. EDM's (0.002, 80))::
 
         bins[k] <- ema_rate * bins[k] + (1 - ema_rate) * mean(r_b : t_b in bin k)   (bins seen this step)
         r_b     <- r_b / (bins[bin(t_b)] + 1e-6)
@@ -65,7 +66,7 @@ class FDistillLoss(nn.Module):
         process_group=None,
         num_time_bins: int = 0,
         ema_rate: float = 0.0,
-        time_range: tuple[float, float] = (0.0, 1.0),
+        time_range: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
         self.divergence = resolve(divergence)
@@ -79,15 +80,24 @@ class FDistillLoss(nn.Module):
         check_process_group("process_group", process_group)
         check_int("num_time_bins", num_time_bins, minimum=0)
         check_range("ema_rate", ema_rate, 0.0, 1.0, hi_open=True)
-        if (
-            not isinstance(time_range, (tuple, list))
-            or len(time_range) != 2
-            or not all(is_number(v) for v in time_range)
-        ):
-            raise TypeError(f"time_range must be a pair (lo, hi) of numbers, got {time_range!r}")
-        lo, hi = time_range
-        if not (-math.inf < lo and lo < hi and hi < math.inf):
-            raise ValueError(f"time_range must satisfy lo < hi, both finite, got {time_range!r}")
+        if time_range is None:
+            # no default range: bins over (0, 1) with EDM's t in [0.002, 80] silently change the loss (issue 15)
+            if num_time_bins > 0:
+                raise ValueError(
+                    "time_range is required with num_time_bins > 0: the (lo, hi) range of the `time` you pass "
+                    "(the noise scheduler's (t_min, t_max), e.g. EDM's (0.002, 80)); the bins are laid over it"
+                )
+        else:
+            if (
+                not isinstance(time_range, (tuple, list))
+                or len(time_range) != 2
+                or not all(is_number(v) for v in time_range)
+            ):
+                raise TypeError(f"time_range must be a pair (lo, hi) of numbers, got {time_range!r}")
+            lo, hi = time_range
+            if not (-math.inf < lo and lo < hi and hi < math.inf):
+                raise ValueError(f"time_range must satisfy lo < hi, both finite, got {time_range!r}")
+            time_range = (lo, hi)
         self.logit_clamp = logit_clamp
         self.ratio_clip = tuple(ratio_clip)
         self.normalize = normalize
@@ -96,7 +106,7 @@ class FDistillLoss(nn.Module):
         self.process_group = process_group
         self.num_time_bins = num_time_bins
         self.ema_rate = ema_rate
-        self.time_range = (lo, hi)
+        self.time_range = time_range
         self.register_buffer("bins", torch.ones(num_time_bins, dtype=torch.float32))
         self.last_ratio: torch.Tensor | None = None
         self.last_h: torch.Tensor | None = None
@@ -121,7 +131,11 @@ class FDistillLoss(nn.Module):
         bins = self.bins.to(disc_logits.device)
         if self.training:
             rlo, rhi = self.ratio_clip
-            ratio, _, _ = compute_weights(disc_logits, self.divergence, False, self.logit_clamp, rlo, rhi)
+            # the statistics in the bins' dtype: float64 bins (module.double()) get a float64 ratio
+            ratio, _, _ = compute_weights(
+                disc_logits, self.divergence, bins.dtype == torch.float64, self.logit_clamp, rlo, rhi
+            )
+            ratio = ratio.to(bins.dtype)
             count = torch.zeros_like(bins).scatter_add_(0, idx, torch.ones_like(ratio))
             total = torch.zeros_like(bins).scatter_add_(0, idx, ratio)
             if self.process_group is not None:

@@ -89,7 +89,11 @@ def f_dpo_loss(
     )
     _, psi, _ = divergence_terms(clamp_log_ratio(log_ratio, div, cap), div)
     z = beta * (psi[0] - psi[1])
-    losses = -F.logsigmoid(z) * (1 - label_smoothing) - F.logsigmoid(-z) * label_smoothing
+    # The eps term is left out where eps = 0 (a select, not a Python branch: eps may change under torch.compile),
+    # so that z = +inf (pi_ref(chosen) = 0) gives the limit 0 rather than inf * 0 = NaN; with eps > 0 it is +inf.
+    eps = _as_batch_tensor(label_smoothing, z, z.dtype)
+    smoothed = torch.where(eps > 0, -F.logsigmoid(-z) * eps, 0.0)
+    losses = -F.logsigmoid(z) * (1 - eps) + smoothed
     _, psi_at_one, _ = divergence_terms(log_ratio.new_zeros(1), div)
     rewards = (beta * (psi - psi_at_one)).detach()
     return losses, rewards[0], rewards[1]
@@ -249,12 +253,14 @@ def f_dpg_loss(
         baseline: "mean", None, a number or a scalar / (B,) tensor. With group_size it must be "mean" or None
             (the group mean is the baseline).
         group_size: normalise pseudo-rewards within consecutive groups of this many samples.
-        max_exponent: no exponential above e^max_exponent (log-ratios are clamped, math in divergences.h);
-            30 keeps psi * log pi products far from float32 overflow for log-ratios of +-1e3.
+        max_exponent: no exponential above e^max_exponent: the log-ratio is clamped separately for psi (the
+            rewards) and for f (the divergence estimate), each only where that function grows exponentially
+            (math in divergences.h), so log-space psi (js, reverse_kl, softened_rkl, total_variation) is never
+            clamped; 30 keeps psi * log pi products far from float32 overflow for log-ratios of +-1e3.
 
     Returns (loss, stats): stats holds detached (B,) ``pseudo_rewards``, ``importance_weights``,
-    ``advantages`` and ``log_ratio`` (after clamping), and the scalar ``divergence``: mean_i w_i f(r_i),
-    the importance-sampled estimate of D_f(p||pi) (from the clamped ratio).
+    ``advantages`` and ``log_ratio`` (after psi's clamp, the one the rewards use), and the scalar
+    ``divergence``: mean_i w_i f(r_i), the importance-sampled estimate of D_f(p||pi) (f at its own clamp).
     """
     div, dtype = validate_dpg(
         policy_logprobs,
@@ -276,8 +282,12 @@ def f_dpg_loss(
             ell = target_logscores.detach().to(dtype) - z - log_pi
         else:
             ell = log_ratio.detach().to(dtype)
-        ell = clamp_log_ratio(ell, div, cap, of_f=True)
-        f_val, psi, _ = divergence_terms(ell, div)
+        # psi and f have their own clamps: f often grows faster than psi (js: f ~ r, psi ~ log r), and psi at
+        # f's clamp would cut the reward (js at l = 100: 29.3 instead of 99.3). Log-space psi is never clamped.
+        ell_f = clamp_log_ratio(ell, div, cap, of_f=True)
+        ell = clamp_log_ratio(ell, div, cap)
+        _, psi, _ = divergence_terms(ell, div)
+        f_val, _, _ = divergence_terms(ell_f, div)
         rewards = -psi
         if proposal_logprobs is not None:
             log_w = log_pi - proposal_logprobs.detach().to(dtype)

@@ -113,7 +113,7 @@ def _f_distill(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, grad, normalizer, h, ratio) in one call: the weights from disc_logits (if any), then the fused
     pass. global_h_stats ([sum h, count] all-reduced over ranks) replaces this batch's own when given. The loss
-    is 0-dim, or (B,) per-sample losses for reduction="none" (each 0.5 * sum g_b^2 over its D elements)."""
+    is 0-dim, or (B,) per-sample losses for reduction="none" (each 0.5 * mean g_b^2 over its D elements)."""
     loss, grad, normalizer, weight, ratio = _outputs(x, disc_logits, reduction)
     tensor_arg("f_distill", "teacher_x0", teacher_x0)
     tensor_arg("f_distill", "fake_x0", fake_x0)
@@ -143,7 +143,8 @@ def _f_distill(
             h_stats = None
     on_cuda = x.device.type == "cuda"
     per_sample = reduction == "none"
-    scale = 1.0 / (batch * dim) if reduction == "mean" and batch * dim > 0 else 1.0
+    # "mean": 1 / (B D); "none": 1 / D (each sample's mean, so that the mean of the B losses is the "mean" loss)
+    scale = {"mean": 1.0 / (batch * dim), "none": 1.0 / dim, "sum": 1.0}[reduction] if batch * dim > 0 else 1.0
     launch(
         _C.f_distill,
         x.device,
@@ -342,11 +343,13 @@ def f_distill_loss(
         w_b = h_b / (mean_i |x_bi - teacher_x0_bi| + eps)
         g   = w_b (fake_x0 - teacher_x0)               # detached
         loss = 0.5 * mean(g^2)   ("mean")  or  0.5 * sum(g^2)  ("sum")
-        loss_b = 0.5 * sum_i(g_bi^2)    ("none": per-sample losses (B,); their sum is the "sum" loss)
+        loss_b = 0.5 * mean_i(g_bi^2)   ("none": per-sample losses (B,); their mean is the "mean" loss)
 
-    The only gradient is to ``x``: g / (B D) for "mean", g for "sum", and for "none" g_b times each sample's
-    grad_output (the value and gradient of ``0.5 * mse(x, stopgrad(x - g))`` with that reduction, summed within
-    each sample for "none"). Nothing flows into the logits, the teacher or the fake network.
+    The only gradient is to ``x``: g / (B D) for "mean", g for "sum", and for "none" g_b / D times each sample's
+    grad_output: the value and gradient of ``0.5 * mse(x, stopgrad(x - g))`` with that reduction, and for "none"
+    of ``0.5 * mse(..., reduction="none").mean(dim=(1, ...))``, the per-sample loss a FastGen/DMD2 trainer
+    would weight (so that weights of 1 give back the default "mean" loss). Nothing flows into the logits, the
+    teacher or the fake network.
 
     Args:
         x: generator samples (B, ...), float32/float64/bfloat16/float16; any strides.
