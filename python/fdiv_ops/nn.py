@@ -40,7 +40,9 @@ class FDistillLoss(nn.Module):
 
     ``ema_rate = 0`` (default) uses this step's bin means only. Bins start at 1, live in a buffer (saved
     with the state dict) and are updated in training mode only; with a ``process_group`` the bin
-    statistics and the mean of h are all-reduced.
+    statistics and the mean of h are all-reduced: every rank makes the same collectives whatever its call's
+    arguments (a rank without disc_logits contributes nothing to the bins, h = 1 to the mean of h), as long as
+    the ranks share num_time_bins and training mode.
 
     After each call these hold that step's detached per-sample statistics, for logging:
       ``last_ratio``       r_b as the weighting used it: clipped to ratio_clip, then divided by its time bin's
@@ -123,6 +125,23 @@ class FDistillLoss(nn.Module):
             got = f"{time.dtype} {tuple(time.shape)}" if isinstance(time, torch.Tensor) else type(time).__name__
             raise ValueError(f"time must be a real tensor of shape (B,) = ({batch},), got {got}")
 
+    def _update_bins(self, count: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+        """The bins after this step's per-bin (count, sum of r), summed over the process group when there is one:
+        a single all-reduce of (2, num_time_bins) float64 values that every rank makes in training mode whatever
+        its arguments (a rank without disc_logits brings zeros), so the ranks' collectives stay paired and
+        their bins equal. No host sync: a masked update, not boolean indexing."""
+        if self.process_group is not None:
+            import torch.distributed as dist
+
+            both = torch.stack([count, total]).to(torch.float64)
+            dist.all_reduce(both, group=self.process_group)
+            count, total = both[0].to(count.dtype), both[1].to(total.dtype)
+        bins = self.bins.to(count.device)
+        fresh = total / (count + 1e-6)
+        bins = torch.where(count > 0, self.ema_rate * bins + (1 - self.ema_rate) * fresh, bins)
+        self.bins.copy_(bins)
+        return bins
+
     def _ratio_divisor(self, disc_logits: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
         lo, hi = self.time_range
         width = (hi - lo) / self.num_time_bins
@@ -138,14 +157,7 @@ class FDistillLoss(nn.Module):
             ratio = ratio.to(bins.dtype)
             count = torch.zeros_like(bins).scatter_add_(0, idx, torch.ones_like(ratio))
             total = torch.zeros_like(bins).scatter_add_(0, idx, ratio)
-            if self.process_group is not None:
-                import torch.distributed as dist
-
-                dist.all_reduce(count, group=self.process_group)
-                dist.all_reduce(total, group=self.process_group)
-            fresh = total / (count + 1e-6)
-            bins = torch.where(count > 0, self.ema_rate * bins + (1 - self.ema_rate) * fresh, bins)
-            self.bins.copy_(bins)  # no host sync: a masked update, not boolean indexing
+            bins = self._update_bins(count, total)
         return bins[idx] + 1e-6
 
     def forward(
@@ -179,6 +191,11 @@ class FDistillLoss(nn.Module):
                 raise ValueError("time is required when num_time_bins > 0 (the bin of each sample)")
             self._check_time(time, x.shape[0])
             divisor = self._ratio_divisor(disc_logits, time)
+        elif self.num_time_bins > 0 and self.training and self.process_group is not None:
+            # no ratio to bin on this rank, but the other ranks' bin all-reduce needs this one's (zero) share; the
+            # bins then take the other ranks' statistics, like every rank's
+            zeros = torch.zeros_like(self.bins, device=x.device)
+            self._update_bins(zeros, zeros)
         result = f_distill(
             x,
             teacher_x0,

@@ -259,6 +259,27 @@ def compute_weights(
     return weights_op(logits, ratio_divisor, double_precision, logit_clamp, lo, hi, div.kernel_id, div.kernel_param)
 
 
+def _all_reduce_h_stats(x, disc_logits, div, logit_clamp, lo, hi, ratio_divisor, process_group) -> torch.Tensor:
+    """[sum h, count] summed over the ranks of process_group, in x's accumulation dtype.
+
+    Every rank makes this one all-reduce, of two float64 numbers, whatever its arguments (issue 16 item 7): a rank
+    that skipped it (no disc_logits, normalize=False) paired the next rank's all-reduce with an unrelated one of
+    its own. A rank without disc_logits has h = 1 (DMD2) and contributes [B, B]; a rank with normalize=False
+    contributes its h although its own h stays unnormalised. Float64 whatever the inputs' dtype, so that ranks of
+    different dtypes still exchange buffers of one type (the stats are e^-c [sum h, n] with c = 0 while h stays
+    below e^40 over the ratio clip, true of every divergence but extreme alphas: such ranks must share the dtype)."""
+    import torch.distributed as dist
+
+    acc = acc_dtype(x.dtype)
+    if disc_logits is None:
+        stats = x.new_full((2,), float(x.shape[0]), dtype=torch.float64)
+    else:
+        _, _, local = compute_weights(disc_logits, div, acc == torch.float64, logit_clamp, lo, hi, ratio_divisor)
+        stats = local.to(torch.float64, copy=True)
+    dist.all_reduce(stats, group=process_group)
+    return stats.to(acc)
+
+
 def f_distill(
     x: torch.Tensor,
     teacher_x0: torch.Tensor,
@@ -293,13 +314,10 @@ def f_distill(
     if ratio_divisor is not None:
         ratio_divisor = ratio_divisor.to(acc)
     global_h_stats = None
-    if disc_logits is not None and normalize and process_group is not None:
-        import torch.distributed as dist
-
-        _, _, global_h_stats = compute_weights(
-            disc_logits, div, acc == torch.float64, logit_clamp, lo, hi, ratio_divisor
-        )
-        dist.all_reduce(global_h_stats, group=process_group)  # [sum h, count] over every rank
+    if process_group is not None:
+        global_h_stats = _all_reduce_h_stats(x, disc_logits, div, logit_clamp, lo, hi, ratio_divisor, process_group)
+        if disc_logits is None or not normalize:
+            global_h_stats = None  # this rank's own result does not use the global mean
     loss, _, normalizer, weight, ratio = f_distill_op(
         x,
         teacher_x0,  # the op gives them no gradient
@@ -360,7 +378,9 @@ def f_distill_loss(
             total_variation has h = 0 and is rejected.
         normalize: divide h by its batch mean (FastGen); ``eps`` guards the DMD normaliser (> 0).
         process_group: make the batch mean of h global over data-parallel ranks (one all-reduce of two
-            numbers); None keeps it per rank.
+            float64 numbers, [sum h, count]); None keeps it per rank. Every rank makes that all-reduce whatever
+            its arguments: a rank without disc_logits counts as h = 1 per sample, a rank with normalize=False
+            contributes its h and keeps its own h unnormalised; batch sizes may differ between ranks.
 
     Returns the scalar loss ((B,) for "none"), float32 for 16-bit inputs (accumulated in float32), else x's dtype.
     NaN or inf in a sample's inputs make that sample's gradient and the loss NaN/inf, as in the
