@@ -53,19 +53,27 @@ def f_dpo_loss(
         losses = -(1 - eps) log sigmoid(z) - eps log sigmoid(-z)      (eps = label_smoothing, DPO's
                                                                         conservative form)
 
-    reverse_kl gives DPO's sigmoid loss exactly (psi = 1 + log(pi/pi_ref)); js and alpha(a) give TRL's
-    ``js_divergence`` and ``alpha_divergence`` branches; every divergence of fdiv_ops works.
+    reverse_kl gives DPO's sigmoid loss exactly (psi = 1 + log(pi/pi_ref)); every divergence of fdiv_ops works.
+    Against TRL 1.x's ``DPOConfig(loss_type="sigmoid", f_divergence_type=...)`` (checked with trl 1.16.0 in
+    tests/test_integrations_trl.py): "js" is its ``js_divergence`` and "forward_kl" its ``forward_kl``, while its
+    ``alpha_divergence`` with ``f_alpha_divergence_coef=a`` is ``alpha(1 - a)`` here (``alpha(a)`` was TRL <= 0.28's);
+    TRL 1.x's sigmoid loss has no label smoothing, so they agree at label_smoothing=0.
+    ``fdiv_ops.integrations.trl.dpo_loss`` takes TRL's names, coefficient and clamps.
 
     Rewards: ``beta * (psi(r) - psi(1))``, detached: the implicit reward whose chosen-minus-rejected margin is
     exactly z. For reverse_kl that is DPO's ``beta * log(pi/pi_ref)``; for other divergences it differs from
     TRL, which reports ``beta * log(pi/pi_ref)`` whatever the divergence (a margin inconsistent with its loss).
 
     Exponents are clamped: the log-ratio is limited so that no exp exceeds e^max_exponent (psi and its
-    gradient -h stay finite for log-ratios of +-1e3; log-space forms, reverse_kl and js, are never clamped).
-    TRL clamps its alpha branch's exponent at log(float32 max) = 88.7228 instead, where constant factors
-    (1/alpha, pearson's 2) overflow to inf and the saturated sigmoid's zero gradient meets them as NaN;
-    the default 50 leaves 16 decimal orders of headroom and equals TRL whenever alpha |log u| <= 50
-    (``max_exponent=fdiv_ops.ops.divergence_terms.dtype_max_exponent(torch.float32)`` reproduces TRL's clamp).
+    gradient -h stay finite for log-ratios of +-1e3; log-space forms, reverse_kl, js, softened_rkl and
+    total_variation, are never clamped). TRL 1.16 clamps its alpha branch's exponent (a - 1) log(pi/pi_ref) at 80
+    (11 for float16), which ``max_exponent=80`` reproduces with ``alpha(1 - a)``; TRL <= 0.28 clamped at
+    log(float32 max) = 88.7228 (``max_exponent=fdiv_ops.ops.divergence_terms.dtype_max_exponent(torch.float32)``),
+    where constant factors (1/alpha) can overflow to inf and meet the saturated sigmoid's zero gradient as NaN.
+
+    A -inf reference log-prob (pi_ref = 0) gives the limit, never NaN: on the chosen side of reverse_kl,
+    softened_rkl or jeffreys z = +inf, so the loss is 0 with gradient 0 (+inf with label_smoothing > 0).
+
     Inputs: four tensors of one shape (B,), any float dtype (computed in float32, or float64 if any input is
     float64). Returns (losses, chosen_rewards, rejected_rewards), each (B,).
     """
