@@ -625,17 +625,27 @@ def test_known_fp32_tiny_divergence_rows(div):
     assert (err <= torch.clamp(2 * eager_err, min=REL[torch.float32])).all(), (err.max().item(), eager_err.max().item())
 
 
-@pytest.mark.xfail(strict=True, reason=f"{ISSUE_16} item 4: f_dpo_loss gives NaN for a -inf reference log-prob")
+# issue 16 item 4, fixed: the -inf reference log-prob gives the limit, never inf * 0 = NaN
 @pytest.mark.parametrize("div", ["reverse_kl", "softened_rkl", "jeffreys"])
-def test_known_f_dpo_minus_inf_reference(div):
+def test_f_dpo_minus_inf_reference(div):
     logps = [torch.tensor([-3.0]), torch.tensor([-4.0]), torch.tensor([-math.inf]), torch.tensor([-5.0])]
     got = fdiv_ops.f_dpo_loss(*logps, divergence=div)[0]
     want = ref.f_dpo_loss(*logps, divergence=div)[0]
     assert not torch.isnan(got).any() and torch.equal(got, want), (got, want)
+    # the limit: pi_ref(chosen) = 0 makes z = +inf, so the loss is 0 and its gradient 0 ...
+    policy = [v.clone().requires_grad_() for v in logps[:2]]
+    loss = fdiv_ops.f_dpo_loss(*policy, *logps[2:], divergence=div)[0]
+    loss.sum().backward()
+    assert loss.item() == 0.0 and all(torch.equal(p.grad, torch.zeros(1)) for p in policy)
+    # ... and with label smoothing eps > 0 the loss is eps * z = +inf (the true value), in both
+    smoothed = fdiv_ops.f_dpo_loss(*logps, divergence=div, label_smoothing=0.1)[0]
+    assert torch.equal(smoothed, ref.f_dpo_loss(*logps, divergence=div, label_smoothing=0.1)[0])
+    assert smoothed.item() == math.inf
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 10: f_distill_loss has no reduction='none' (per-sample) yet")
-def test_known_f_distill_reduction_none_is_per_sample():
+# issue 11 item 10: reduction="none" gives per-sample means, 0.5 mean_i g_bi^2 (docs/math.md §2), in the op and
+# the reference alike
+def test_f_distill_reduction_none_is_per_sample():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, 4, 5, generator=gen, dtype=torch.float64)
     inputs = (x, x + 0.3 * torch.randn_like(x), x + 0.3 * torch.randn_like(x), None)

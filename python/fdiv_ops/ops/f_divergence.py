@@ -214,9 +214,11 @@ def f_divergence_loss(
         loss_row = sum_v q_v f(p_v / q_v)          grad_z = (1/T) q (psi - sum_v q_v psi_v)
 
     ``divergence="forward_kl"`` is KL(p||q), ``"reverse_kl"`` KL(q||p); ``fdiv_ops.gkd_jsd(beta)``
-    reproduces TRL's ``generalized_jsd_loss(student_logits, teacher_logits, labels, beta, temperature,
-    reduction="batchmean")`` for its (batch, seq, V) logits, beta = 0 (forward_kl) and 1 (reverse_kl)
-    included (TRL applies no T^2 factor, neither does this). Only the student gets a gradient.
+    reproduces TRL 1.x's ``generalized_jsd_loss(student_logits, teacher_logits, labels, beta, temperature,
+    reduction="batchmean")`` (checked with trl 1.16.0) for its (batch, seq, V) logits when labels are given,
+    beta = 0 (forward_kl) and 1 (reverse_kl) included (TRL applies no T^2 factor, neither does this). With
+    labels=None TRL 1.x divides by the batch B, this by the B * seq rows; ``fdiv_ops.integrations.trl`` has
+    TRL's exact semantics. Only the student gets a gradient.
 
     Args:
         student_logits: (..., V) float32/float64/bfloat16/float16, any strides (a non-contiguous tensor
