@@ -44,13 +44,14 @@ def find_tool(name: str) -> str:
     try:
         import nvidia  # the pip wheels nvidia-cuda-cuobjdump / nvidia-cuda-nvdisasm
 
-        candidates += [Path(p) / sub / "bin" / name for p in nvidia.__path__ for sub in ("cu13", "cu12", "cuda_cuobjdump")]
+        subs = ("cu13", "cu12", "cuda_cuobjdump")
+        candidates += [Path(p) / sub / "bin" / name for p in nvidia.__path__ for sub in subs]
     except ImportError:
         pass
     for c in candidates:
         if c.is_file():
             return str(c)
-    sys.exit(f"{name} not found: install the CUDA toolkit's, or `pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm`")
+    sys.exit(f"{name} not found: use the CUDA toolkit's, or `pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm`")
 
 
 def demangle(names: list[str]) -> dict[str, str]:
@@ -136,25 +137,20 @@ def collect(build: Path) -> list[dict]:
     return rows
 
 
-def op_of(unit: str) -> str:
-    return re.split(r"[/._]", unit.replace("f_divergence", "f-divergence").replace("sequence_logprobs", "seq-lp"))[0]
-
-
 def summary(rows: list[dict]) -> list[str]:
-    """Per source stem (op) and architecture: kernels, the largest, max registers, any local memory."""
+    """Per source, kernel template and architecture: instantiations, the largest, registers, local memory."""
     groups: dict = defaultdict(list)
     for r in rows:
         stem = r["unit"].split("/")[0].split(".")[0]
-        stem = re.sub(r"_(f32|f64|bf16|f16|fp32|fp64)(_.*)?$", "", stem)
-        groups[(stem, r["arch"])].append(r)
+        groups[(stem, r["kernel"].split("<")[0], r["arch"])].append(r)
     out = [
-        "| source | arch | kernels | SASS insns (max) | SASS insns (total) | regs (max) | LDL/STL (total) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| source | kernel | arch | instances | SASS insns (max) | SASS insns (all) | regs (max) | LDL/STL (all) |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
-    for (stem, arch), rs in sorted(groups.items()):
+    for (stem, kernel, arch), rs in sorted(groups.items()):
         out.append(
-            f"| {stem} | {arch} | {len(rs)} | {max(r['insns'] for r in rs)} | {sum(r['insns'] for r in rs)} | "
-            f"{max(r['reg'] for r in rs)} | {sum(r['lmem'] for r in rs)} |"
+            f"| {stem} | {kernel} | {arch} | {len(rs)} | {max(r['insns'] for r in rs)} | "
+            f"{sum(r['insns'] for r in rs)} | {max(r['reg'] for r in rs)} | {sum(r['lmem'] for r in rs)} |"
         )
     return out
 
