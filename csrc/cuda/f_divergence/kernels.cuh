@@ -34,11 +34,6 @@ namespace fdiv_ops::token_kd {
 
 namespace cg = cooperative_groups;
 
-template <typename A>
-__device__ __forceinline__ A quiet_nan() {
-  return A(0) / A(0);
-}
-
 // Which LSE a pass-1 "side" is: 0 = z/T, 1 = t/T, 2 = z at T = 1 (hard term).
 constexpr int kSides = 3;
 constexpr int kWarps = kThreads / 32;
@@ -104,11 +99,22 @@ __device__ __forceinline__ bool side_needed(const FDivergenceArgs& a, int s) {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Blocks per SM the register allocation must allow: 2 (<= 64 registers) for the 32/16-bit kernels, whose
+// streaming passes want the latency hiding; 1 for float64, where ptxas would otherwise cap the kernel at 64
+// registers and spill the double-precision math.
+template <typename T>
+constexpr int kMinBlocks = sizeof(T) == 8 ? 1 : 2;
+
 template <typename T, typename Div>
-__global__ __launch_bounds__(kThreads) void dense_stream_kernel(const DenseParams<acc_t<T>> p) {
+__global__ __launch_bounds__(kThreads, kMinBlocks<T>) void dense_stream_kernel(const DenseParams<acc_t<T>> p) {
   using A = acc_t<T>;
   __shared__ Scratch<A, 3> scratch;
   __shared__ OnlineLse<A> sh_lse[kSides];
+  __shared__ struct {
+    A fill, scale, hard_loss, coef, hard_coef;
+    int y;
+    bool vec, vec_zg, done;
+  } tail;
 
   const FDivergenceArgs& a = p.a;
   const int64_t r = blockIdx.x;
@@ -139,25 +145,35 @@ __global__ __launch_bounds__(kThreads) void dense_stream_kernel(const DenseParam
   // Pass 2. One 16-byte loop serves z, t (and g) when their rows are equally misaligned, else scalar loops.
   const bool vec_zt = cuda::same_head<T, kComputeBytes<T>>(row.z, row.t),
              vec_zg = cuda::same_head<T, kComputeBytes<T>>(row.z, row.g);
+  if (threadIdx.x == 0) {  // what pass 3 needs, parked in shared memory: fewer registers live across pass 2
+    tail.fill = row.scale != A(0) && (row.bad_label || nan_row) ? cuda::nan<A>() : A(0);
+    tail.scale = row.scale;
+    tail.hard_loss = row.hard ? A(a.hard_weight) * -((zy - rs.shift_1) - rs.log_sum_1) : A(0);
+    tail.coef = row.scale * rs.inv_t;
+    tail.hard_coef = row.scale * A(a.hard_weight);
+    tail.y = row.hard ? row.y : -1;
+    tail.vec = vec_zt && vec_zg;
+    tail.vec_zg = vec_zg;
+    tail.done = done;
+  }
   const RowSums<A> part = sums_part<T, Div>(row.z, row.t, done ? 0 : Vc, vec_zt, rs);
   A sums[3] = {part.loss, part.s, part.bad};
-  cuda::block_sum<kThreads>(sums, scratch.v);
-  if (done || sums[2] > A(0)) {  // ignored or empty: 0; a bad label or a NaN rule hit: NaN
-    const A v = row.scale != A(0) && (row.bad_label || nan_row || sums[2] > A(0)) ? quiet_nan<A>() : A(0);
-    fill_row(row.g, Vs, v);
+  cuda::block_sum<kThreads>(sums, scratch.v);  // ends with a barrier: tail is visible
+  T* g = static_cast<T*>(a.grad) + r * a.student_vocab;
+  if (tail.done || sums[2] > A(0)) {  // ignored or empty: 0; a bad label or a NaN rule hit: NaN
+    const A v = sums[2] > A(0) ? cuda::nan<A>() : tail.fill;
+    fill_row(g, Vs, v);
     if (threadIdx.x == 0) *loss_out = v;
     return;
   }
-  const A s_all = finite_or_nan(sums[1]);
-  if (threadIdx.x == 0) {
-    const A ce = row.hard ? -((zy - rs.shift_1) - rs.log_sum_1) : A(0);
-    *loss_out = row.scale * (sums[0] + (row.hard ? A(a.hard_weight) * ce : A(0)));
-  }
+  if (threadIdx.x == 0) *loss_out = tail.scale * (sums[0] + tail.hard_loss);
 
   // Pass 3.
-  const GradCoefs<A> gc{row.scale * rs.inv_t, s_all, row.scale * A(a.hard_weight), row.hard ? row.y : -1};
-  grad_part<T, Div>(row.z, row.t, row.g, Vc, 0, vec_zt && vec_zg, rs, gc);
-  if (Vs > Vc) grad_student_only<T>(row.z + Vc, row.g + Vc, Vs - Vc, Vc, vec_zg, rs, gc);
+  const T* z = static_cast<const T*>(a.student) + r * a.student_vocab;
+  const T* t = static_cast<const T*>(a.teacher) + r * a.teacher_vocab;
+  const GradCoefs<A> gc{tail.coef, finite_or_nan(sums[1]), tail.hard_coef, tail.y};
+  grad_part<T, Div>(z, t, g, Vc, 0, tail.vec, rs, gc);
+  if (Vs > Vc) grad_student_only<T>(z + Vc, g + Vc, Vs - Vc, Vc, tail.vec_zg, rs, gc);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -227,7 +243,7 @@ __global__ __launch_bounds__(kThreads, 2) void dense_cluster_kernel(const DenseP
   }
   cluster.sync();  // #1: every block's pass-1 partials are visible (also a block barrier)
   if (threadIdx.x < kSides) {
-    OnlineLse<A> all = OnlineLse<A>::empty();
+    OnlineLse<A> all = cuda::empty_lse<A>();
     for (int k = 0; k < C; ++k) all = OnlineLse<A>::merge(all, cluster.map_shared_rank(part_lse, k)[threadIdx.x]);
     sh_lse[threadIdx.x] = all;  // merged in rank order: bit-identical in every block
   }
@@ -241,7 +257,7 @@ __global__ __launch_bounds__(kThreads, 2) void dense_cluster_kernel(const DenseP
       vec_zg = cuda::same_head<T, kComputeBytes<T>>(sz, row.g + b);
   if (threadIdx.x == 0) {  // what pass 3 needs, parked in shared memory: fewer registers live across pass 2
     tail.g = row.g + b;
-    tail.fill = row.scale != A(0) && (row.bad_label || nan_row) ? quiet_nan<A>() : A(0);
+    tail.fill = row.scale != A(0) && (row.bad_label || nan_row) ? cuda::nan<A>() : A(0);
     tail.coef = row.scale * rs.inv_t;
     tail.hard_coef = row.scale * A(a.hard_weight);
     tail.y = row.hard ? row.y : -1;
@@ -266,7 +282,7 @@ __global__ __launch_bounds__(kThreads, 2) void dense_cluster_kernel(const DenseP
     sh_s = finite_or_nan(all.s);
     if (all.bad > A(0)) {  // the NaN rule, hit by a cached teacher log-prob: the whole row is NaN
       tail.done = true;
-      tail.fill = row.scale != A(0) ? quiet_nan<A>() : A(0);
+      tail.fill = row.scale != A(0) ? cuda::nan<A>() : A(0);
     }
     const A ce = row.hard ? -((sh_zy - rs.shift_1) - rs.log_sum_1) : A(0);
     if (rank == 0)
@@ -291,7 +307,8 @@ __global__ __launch_bounds__(kThreads, 2) void dense_cluster_kernel(const DenseP
 
 // ---------------------------------------------------------------------------------------------------
 template <typename T, typename Div>
-__global__ __launch_bounds__(kThreads) void topk_kernel(const FDivergenceTopkArgs a, const acc_t<T> param) {
+__global__ __launch_bounds__(kThreads, kMinBlocks<T>) void topk_kernel(const FDivergenceTopkArgs a,
+                                                                       const acc_t<T> param) {
   using A = acc_t<T>;
   constexpr int N = Vec16<T>::kN;
   __shared__ Scratch<A, 5> scratch;
@@ -328,14 +345,14 @@ __global__ __launch_bounds__(kThreads) void topk_kernel(const FDivergenceTopkArg
     sums[0] += fexp(lq);
     sums[1] += fexp(lp);
     const bool drop = is_neg_inf(lq) || is_neg_inf(lp);
-    const A qf = Div::template qf<StdMath>(lq, lp, param);
-    const A qpsi = finite_or_nan(Div::template qpsi<StdMath>(lq, lp, param));
+    const A qf = cat_qf<Div>(lq, lp, param);
+    const A qpsi = finite_or_nan(cat_qpsi<Div>(lq, lp, param));
     sums[2] += drop ? A(0) : qf;
     sums[3] += drop ? A(0) : qpsi;
   }
   cuda::block_sum<kThreads>(sums, scratch.v);
   if (empty || sums[4] > A(0)) {
-    const A fill = nan_row || (!empty && sums[4] > A(0)) ? quiet_nan<A>() : A(0);
+    const A fill = nan_row || (!empty && sums[4] > A(0)) ? cuda::nan<A>() : A(0);
     fill_row(g, V, fill);
     if (threadIdx.x == 0) *loss_out = fill;
     return;
@@ -345,12 +362,10 @@ __global__ __launch_bounds__(kThreads) void topk_kernel(const FDivergenceTopkArg
   const A lq_rest = flog(nan_max(A(1) - sums[0], A(0)));
   const A lp_rest = flog(nan_max(A(1) - sums[1], A(0)));
   const bool kept = !is_neg_inf(lq_rest) && !is_neg_inf(lp_rest);
-  const A s =
-      finite_or_nan(sums[3] + (kept ? finite_or_nan(Div::template qpsi<StdMath>(lq_rest, lp_rest, param)) : A(0)));
-  if (threadIdx.x == 0)
-    *loss_out = scale * (sums[2] + (kept ? Div::template qf<StdMath>(lq_rest, lp_rest, param) : A(0)));
+  const A s = finite_or_nan(sums[3] + (kept ? finite_or_nan(cat_qpsi<Div>(lq_rest, lp_rest, param)) : A(0)));
+  if (threadIdx.x == 0) *loss_out = scale * (sums[2] + (kept ? cat_qf<Div>(lq_rest, lp_rest, param) : A(0)));
   // psi of the bucket = q psi / q, evaluated at lq = 0 (psi depends on the log-ratio only)
-  const A psi_rest = kept ? finite_or_nan(Div::template qpsi<StdMath>(A(0), lp_rest - lq_rest, param)) : A(0);
+  const A psi_rest = kept ? finite_or_nan(cat_qpsi<Div>(A(0), lp_rest - lq_rest, param)) : A(0);
   const A coef = scale * inv_t, rest_coef = finite_or_nan(psi_rest - s);
 
   auto rest = [&](A zv) { return from_acc<T>(coef * fexp(log_q(zv)) * rest_coef); };
@@ -369,7 +384,7 @@ __global__ __launch_bounds__(kThreads) void topk_kernel(const FDivergenceTopkArg
     const int64_t j = idx[i];
     const A lq = log_q(to_acc(z[j])), lp = tl[i];
     const bool drop = is_neg_inf(lq) || is_neg_inf(lp);
-    const A qpsi = finite_or_nan(Div::template qpsi<StdMath>(lq, lp, param));
+    const A qpsi = finite_or_nan(cat_qpsi<Div>(lq, lp, param));
     g[j] = from_acc<T>(coef * ((drop ? A(0) : qpsi) - fexp(lq) * s));
   }
 }

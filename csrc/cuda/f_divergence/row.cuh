@@ -38,6 +38,32 @@ constexpr bool kVectorised = sizeof(T) < 8;
 template <typename T>
 constexpr int kComputeBytes = 4 * sizeof(T) < 16 ? 4 * sizeof(T) : 16;
 
+// The divergence's categorical forms (divergences.h). float64 kernels call them through one out-of-line
+// copy each, shared by passes 2 and 3 (and top-k): double-precision exp/log/log1p are long software sequences,
+// and inlined at every site they would take the kernel past ~4k instructions. 32/16-bit kernels inline them.
+template <typename Div, typename A>
+__device__ __noinline__ A qf_out_of_line(A lq, A lp, A a) {
+  return Div::template qf<StdMath>(lq, lp, a);
+}
+template <typename Div, typename A>
+__device__ __noinline__ A qpsi_out_of_line(A lq, A lp, A a) {
+  return Div::template qpsi<StdMath>(lq, lp, a);
+}
+template <typename Div, typename A>
+__device__ __forceinline__ A cat_qf(A lq, A lp, A a) {
+  if constexpr (sizeof(A) == 8)
+    return qf_out_of_line<Div>(lq, lp, a);
+  else
+    return Div::template qf<StdMath>(lq, lp, a);
+}
+template <typename Div, typename A>
+__device__ __forceinline__ A cat_qpsi(A lq, A lp, A a) {
+  if constexpr (sizeof(A) == 8)
+    return qpsi_out_of_line<Div>(lq, lp, a);
+  else
+    return Div::template qpsi<StdMath>(lq, lp, a);
+}
+
 // Divergence id of a functor, from the one table of divergences.h.
 template <typename Div>
 struct DivId;
@@ -68,7 +94,7 @@ template <typename T>
 __device__ __forceinline__ OnlineLse<acc_t<T>> lse_part(const T* p, int n, acc_t<T> sc) {
   using A = acc_t<T>;
   constexpr int N = Vec16<T>::kN;
-  OnlineLse<A> st = OnlineLse<A>::empty();
+  OnlineLse<A> st = cuda::empty_lse<A>();
   vec_loop<N>(
       n, vec_head<T>(p, n), kVectorised<T>, threadIdx.x, kThreads, [&](int j) { lse_add(st, to_acc(p[j]) * sc); },
       [&](int j0) {
@@ -101,7 +127,7 @@ __device__ __forceinline__ bool poisoned(A lq, A lp) {
 }
 template <typename A>
 __device__ __forceinline__ bool lse_poisoned(A shift) {
-  return !(shift < pos_inf<A>());  // NaN or +inf
+  return !(shift < cuda::inf<A>());  // NaN or +inf
 }
 
 // This thread's pass-2 sums: loss = sum q f, s = sum q psi over the kept entries, bad = poisoned entries.
@@ -121,8 +147,8 @@ __device__ __forceinline__ RowSums<acc_t<T>> sums_part(const T* zp, const T* tp,
   auto element = [&](A zv, A tv) {
     const A lq = rs.log_q(zv), lp = rs.log_p(tv);
     const bool drop = is_neg_inf(lq) || is_neg_inf(lp);  // a -inf entry contributes nothing
-    const A qf = Div::template qf<StdMath>(lq, lp, rs.param);
-    const A qpsi = finite_or_nan(Div::template qpsi<StdMath>(lq, lp, rs.param));
+    const A qf = cat_qf<Div>(lq, lp, rs.param);
+    const A qpsi = finite_or_nan(cat_qpsi<Div>(lq, lp, rs.param));
     acc.loss += drop ? A(0) : qf;
     acc.s += drop ? A(0) : qpsi;
     acc.bad += poisoned(lq, lp) ? A(1) : A(0);
@@ -161,7 +187,7 @@ __device__ __forceinline__ void grad_part(const T* zp, const T* tp, T* gp, int n
   auto element = [&](int j, A zv, A tv) {
     const A lq = rs.log_q(zv), lp = rs.log_p(tv);
     const bool drop = is_neg_inf(lq) || is_neg_inf(lp);
-    const A qpsi = finite_or_nan(Div::template qpsi<StdMath>(lq, lp, rs.param));
+    const A qpsi = finite_or_nan(cat_qpsi<Div>(lq, lp, rs.param));
     return from_acc<T>(gc.coef * ((drop ? A(0) : qpsi) - fexp(lq) * gc.s) + hard_part(rs, gc, j, zv));
   };
   vec_loop<N>(

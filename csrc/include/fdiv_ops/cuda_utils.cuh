@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <array>
+#include <cuda/std/limits>
 #include <cstdint>
 #include <mutex>
 
@@ -40,6 +41,23 @@ __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) {
 template <>
 __device__ __forceinline__ __half from_acc<__half>(float x) {
   return __float2half_rn(x);
+}
+
+// Infinity and NaN as compile-time constants. T(1) / T(0) (platform.h's pos_inf) is a run-time division on
+// the device, and in double precision a call into the reciprocal's slow path, whose calling convention made
+// ptxas cap the kernel at 64 registers and spill.
+template <typename A>
+__host__ __device__ constexpr A inf() {
+  return ::cuda::std::numeric_limits<A>::infinity();
+}
+template <typename A>
+__host__ __device__ constexpr A nan() {
+  return ::cuda::std::numeric_limits<A>::quiet_NaN();
+}
+// row_math.h's OnlineLse::empty() without the division.
+template <typename A>
+__device__ __forceinline__ OnlineLse<A> empty_lse() {
+  return {-inf<A>(), A(0)};
 }
 
 template <typename A>
@@ -164,7 +182,7 @@ __device__ __forceinline__ OnlineLse<A> block_lse(const OnlineLse<A>& st, A* scr
     scratch[W + warp] = s;
   }
   __syncthreads();
-  const A mw = lane < W ? scratch[lane] : -pos_inf<A>();
+  const A mw = lane < W ? scratch[lane] : -inf<A>();
   const A sw = lane < W ? scratch[W + lane] : A(0);
   m = warp_max(mw);
   s = warp_sum(is_neg_inf(m) ? A(0) : sw * fexp(mw - m));
