@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--out", type=Path, help="append a markdown table here")
     ap.add_argument("--keep", type=Path, help="build here (kept) instead of a temporary directory")
+    ap.add_argument("--source", type=Path, default=ROOT, help="the source tree (e.g. an export of main)")
     args = ap.parse_args()
     build = args.keep or Path(tempfile.mkdtemp(prefix="fdiv-build-times-"))
     if build.exists():
@@ -66,7 +67,7 @@ def main() -> None:
     pybind = subprocess.check_output([sys.executable, "-m", "pybind11", "--cmakedir"], text=True).strip()
     subprocess.check_call(
         [
-            "cmake", "-S", str(ROOT), "-B", str(build), "-G", "Ninja", f"-DFDIV_OPS_CUDA={args.cuda}",
+            "cmake", "-S", str(args.source), "-B", str(build), "-G", "Ninja", f"-DFDIV_OPS_CUDA={args.cuda}",
             f"-DCMAKE_CUDA_ARCHITECTURES={args.archs}", f"-Dpybind11_DIR={pybind}",
             f"-DPython_EXECUTABLE={sys.executable}", f"-DCMAKE_CXX_COMPILER_LAUNCHER={launcher}",
             f"-DCMAKE_CUDA_COMPILER_LAUNCHER={launcher}",
@@ -86,7 +87,7 @@ def main() -> None:
     total = sum(r[0] for r in rows)
     cuda_units = [r for r in rows if r[2].endswith(".cu")]
     lines = [
-        f"### {'CUDA ' + args.archs if args.cuda == 'ON' else 'CPU only'}",
+        f"### {'CUDA ' + args.archs if args.cuda == 'ON' else 'CPU only'} ({args.source.name})",
         "",
         f"{len(rows)} units, {total:.0f} CPU s in all ({sum(r[0] for r in cuda_units):.0f} s CUDA); "
         f"idle {args.cores}-core estimate {idle_wall([r[0] for r in rows], args.cores):.0f} s; this run's "

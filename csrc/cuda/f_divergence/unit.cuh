@@ -24,6 +24,9 @@ namespace fdiv_ops::token_kd {
 template <typename T>
 constexpr bool kClusterDtype = sizeof(T) < 8;
 
+// The kernels index within a row in 32 bits, and one block per row (streaming) is one grid x index.
+constexpr int64_t kMaxRow = 0x7fffffff, kMaxRows = 0x7fffffff;
+
 enum class Path { automatic, stream, cluster };
 
 inline Path requested_path() {
@@ -85,6 +88,8 @@ template <typename T, typename Div>
 int launch_dense(const FDivergenceArgs& a, DivergenceSpec spec, cudaStream_t s) {
   using A = acc_t<T>;
   if (a.rows == 0) return 0;
+  if (a.student_vocab > kMaxRow || a.teacher_vocab > kMaxRow || a.rows > kMaxRows)
+    return static_cast<int>(cudaErrorInvalidValue);
   DenseParams<A> p{a, A(spec.param), 0};
   const Path path = requested_path();
   if constexpr (kClusterDtype<T>) {
@@ -122,6 +127,7 @@ int launch_dense(const FDivergenceArgs& a, DivergenceSpec spec, cudaStream_t s) 
 template <typename T, typename Div>
 int launch_topk(const FDivergenceTopkArgs& a, DivergenceSpec spec, cudaStream_t s) {
   if (a.rows == 0) return 0;
+  if (a.vocab > kMaxRow || a.k > kMaxRow || a.rows > kMaxRows) return static_cast<int>(cudaErrorInvalidValue);
   topk_kernel<T, Div><<<dim3(static_cast<unsigned>(a.rows)), kThreads, 0, s>>>(a, acc_t<T>(spec.param));
   return cuda::launch_status();
 }
