@@ -124,7 +124,9 @@ def test_f_dpo_matches_trl_branches(divergence, trl_name, alpha_coef):
     rr = torch.tensor([110.6, 0.5, -14.0, -37.5])
     beta = 0.1
     losses, _, _ = fdiv_ops.f_dpo_loss(pc, pr, rc, rr, divergence=divergence, beta=beta)
-    trl_logits = ref.trl_f_dpo_logits(pc, pr, rc, rr, divergence=trl_name, alpha_coef=alpha_coef or 1.0)
+    trl_logits = ref.trl_f_dpo_logits(
+        pc, pr, rc, rr, divergence=trl_name, alpha_coef=alpha_coef or 1.0, trl_version="0.28"
+    )
     want = -torch.nn.functional.logsigmoid(beta * trl_logits)
     assert torch.isfinite(losses).all()
     torch.testing.assert_close(losses, want, rtol=1e-5, atol=1e-6)

@@ -134,7 +134,10 @@ def test_gkd_jsd_is_a_drop_in_for_trl(beta, with_labels, dtype, device):
     labels = labels if with_labels else None
     loss, grad = _fused(student, teacher, divergence=fdiv_ops.gkd_jsd(beta), temperature=2.0, labels=labels)
     s = student.detach().clone().requires_grad_()
-    want = ref.trl_generalized_jsd_loss(s, teacher, labels, beta, 2.0, reduction="batchmean")
+    # TRL 1.x's batchmean without labels divides by size(0) (fdiv_ops.integrations.trl maps that); the core
+    # op divides by the rows, TRL's sum over num_items_in_batch = B * S
+    rows = None if with_labels else s.shape[0] * s.shape[1]
+    want = ref.trl_generalized_jsd_loss(s, teacher, labels, beta, 2.0, reduction="batchmean", num_items_in_batch=rows)
     want.backward()
     _close(loss, want.detach().double(), dtype)
     _close(grad, s.grad.double(), dtype)

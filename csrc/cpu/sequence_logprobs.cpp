@@ -17,6 +17,7 @@
 
 #include "fdiv_ops/cpu_clones.h"
 #include "fdiv_ops/cpu_types.h"
+#include "fdiv_ops/row_moments.h"
 #include "fdiv_ops/sequence_logprobs.h"
 #include "fdiv_ops/vec_math.h"
 
@@ -27,54 +28,56 @@ using cpu::to_float;
 
 constexpr int64_t kBlock = 1024;  // 4 KiB of float: the block stays in L1 between its two sweeps
 
-template <typename A>
-struct RowSums {
-  A m, S, W;  // running max of s, sum of e^(s - m), sum of e^(s - m) (s - m)
-};
-
+// The row's RowMoments (row_moments.h) block by block: the block is converted to s = z/T into buf, its
+// max found (and any NaN counted), the state raised to the new max (one exp per raise), then e^(s - m)
+// summed from buf: one exp per element. Blocks that hold the running max count its terms exactly (`ones`).
 template <typename T, typename A, bool kEntropy>
-__attribute__((always_inline)) inline RowSums<A> row_sums_impl(const T* z, int64_t V, A inv_t) {
+__attribute__((always_inline)) inline RowMoments<A> row_moments_impl(const T* z, int64_t V, A inv_t) {
   constexpr A kNegInf = -std::numeric_limits<A>::infinity();
   alignas(64) A buf[kBlock];
-  A m = kNegInf, S = 0, W = 0;
+  RowMoments<A> st = RowMoments<A>::empty();
   for (int64_t begin = 0; begin < V; begin += kBlock) {
     const int64_t n = std::min(kBlock, V - begin);
     A block_max = kNegInf;
-#pragma omp simd reduction(max : block_max)
+    int nans = 0;
+#pragma omp simd reduction(max : block_max) reduction(+ : nans)
     for (int64_t i = 0; i < n; ++i) {
       const A s = static_cast<A>(to_float(z[begin + i])) * inv_t;
       buf[i] = s;
       block_max = block_max > s ? block_max : s;
+      nans += s != s;
     }
-    if (block_max > m) {  // rescale what was summed relative to the old max
-      if (m == kNegInf) {
-        S = 0;
-        W = 0;
-      } else {
-        const A scale = std::exp(m - block_max);
-        W = scale * (W + (m - block_max) * S);
-        S *= scale;
-      }
-      m = block_max;
+    if (nans) {  // a NaN logit: the row is NaN (the vector max above may have dropped it)
+      st.raise_max(std::numeric_limits<A>::quiet_NaN());
+      return st;
     }
+    st.raise_max(block_max);
+    const A m = st.m;
     if (m == kNegInf) continue;  // every logit so far is -inf
-    A s_acc = 0, w_acc = 0;
-    if constexpr (kEntropy) {
-#pragma omp simd reduction(+ : s_acc, w_acc)
+    A rest = 0, ones = 0, w = 0;
+    if (block_max == m) {  // this block holds the max: its e^0 = 1 terms are counted, not summed
+#pragma omp simd reduction(+ : rest, ones, w)
       for (int64_t i = 0; i < n; ++i) {
         const A d = buf[i] - m;
         const A e = VecMath::exp(d);
-        s_acc += e;
-        w_acc += e == A(0) ? A(0) : e * d;  // e^d d -> 0 as d -> -inf, never 0 * inf
+        rest += d < A(0) ? e : A(0);
+        ones += d == A(0) ? A(1) : A(0);
+        if constexpr (kEntropy) w += e == A(0) ? A(0) : e * d;  // e^d d -> 0 as d -> -inf, never 0 * inf
       }
     } else {
-#pragma omp simd reduction(+ : s_acc)
-      for (int64_t i = 0; i < n; ++i) s_acc += VecMath::exp(buf[i] - m);
+#pragma omp simd reduction(+ : rest, w)
+      for (int64_t i = 0; i < n; ++i) {
+        const A d = buf[i] - m;
+        const A e = VecMath::exp(d);
+        rest += e;
+        if constexpr (kEntropy) w += e == A(0) ? A(0) : e * d;
+      }
     }
-    S += s_acc;
-    W += w_acc;
+    st.rest += rest;
+    st.ones += ones;
+    st.w += w;
   }
-  return {m, S, W};
+  return st;
 }
 
 // dL/dz_v = inv_t [ g (1[v = y] - p_v) - g_h p_v (log p_v + H) ]; the label's term is added by the caller.
@@ -94,8 +97,8 @@ __attribute__((always_inline)) inline void row_grad_impl(const T* z, int64_t V, 
 
 // Non-template entry points so that target_clones can multiversion them (it does not apply to templates).
 #define FDIV_ROW_FNS(T, A)                                                                                     \
-  FDIV_CPU_CLONES RowSums<A> row_sums(const T* z, int64_t V, A inv_t, bool entropy) {                          \
-    return entropy ? row_sums_impl<T, A, true>(z, V, inv_t) : row_sums_impl<T, A, false>(z, V, inv_t);         \
+  FDIV_CPU_CLONES RowMoments<A> row_moments(const T* z, int64_t V, A inv_t, bool entropy) {                    \
+    return entropy ? row_moments_impl<T, A, true>(z, V, inv_t) : row_moments_impl<T, A, false>(z, V, inv_t);   \
   }                                                                                                            \
   FDIV_CPU_CLONES void row_grad(const T* z, int64_t V, A inv_t, A m, A log_s, A g, A g_h, A entropy, T* out) { \
     if (g_h != A(0))                                                                                           \
@@ -143,15 +146,15 @@ void forward_impl(const SeqLogprobsArgs& a, int num_threads) {
       lp = h = kNaN;
     } else if (kind == RowKind::valid) {
       const T* z = row_ptr<T>(in, r);
-      const RowSums<A> sums = row_sums(z, in.vocab, inv_t, ent != nullptr);
-      m = sums.m;
+      const RowMoments<A> st = row_moments(z, in.vocab, inv_t, ent != nullptr);
+      m = st.m;
       if (m == kNegInf) {  // all -inf: no distribution; -inf log-prob, no gradient
         lp = kNegInf;
         log_s = kNegInf;
-      } else {
-        log_s = std::log(sums.S);
+      } else {  // finite or NaN (a NaN logit: NaN log-prob, entropy and gradient for this row only)
+        log_s = st.log_sum();
         lp = (static_cast<A>(to_float(z[in.labels[r]])) * inv_t - m) - log_s;
-        h = log_s - sums.W / sums.S;
+        h = st.entropy(log_s);
       }
     }
     logp[r] = lp;

@@ -242,23 +242,55 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta=0
 
 
 def trl_f_dpo_logits(
-    policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, divergence="reverse_kl", alpha_coef=1.0
+    policy_chosen,
+    policy_rejected,
+    ref_chosen,
+    ref_rejected,
+    *,
+    divergence="reverse_kl",
+    alpha_coef=None,
+    trl_version="1",
 ):
-    """The argument of TRL's sigmoid in dpo_loss for f_divergence_type reverse_kl / js_divergence /
-    alpha_divergence (the formulas of its source, re-derived: u = pi/pi_ref, cap at log(dtype max))."""
+    """The argument of TRL's sigmoid in its DPO loss (before beta) for f_divergence_type reverse_kl / forward_kl /
+    js_divergence / alpha_divergence, restated from the f-DPO formulas, u = pi/pi_ref per sequence.
+
+    trl_version "1" (TRL 1.x, trl.DPOTrainer._compute_loss): the score of a sequence is f'(u) = log u,
+    1 - 1/u, log(2u/(1+u)), and (u^(a-1) - 1)/(a - 1) with the exponent (a - 1) log u clamped at 80 (11 for
+    float16) and a = 1 (|a - 1| < 1e-6) falling back to log u; the argument is score(chosen) - score(rejected).
+    trl_version "0.28" (TRL <= 0.28, its dpo_loss): reverse_kl and js as above, alpha_divergence
+    (u_rejected^-a - u_chosen^-a)/a with the exponent capped at log(dtype max); no forward_kl."""
     chosen_lr = policy_chosen - ref_chosen
     rejected_lr = policy_rejected - ref_rejected
-    cap = math.floor(math.log(torch.finfo(chosen_lr.dtype).max) * 1e4) / 1e4
-    if divergence == "alpha_divergence":
+    if trl_version == "0.28":
+        coef = 1.0 if alpha_coef is None else alpha_coef
+        cap = math.floor(math.log(torch.finfo(chosen_lr.dtype).max) * 1e4) / 1e4
+        if divergence == "alpha_divergence":
 
-        def capped(x):
-            return torch.exp(torch.clamp(x, max=cap))
+            def capped(x):
+                return torch.exp(torch.clamp(x, max=cap))
 
-        return (capped(-alpha_coef * rejected_lr) - capped(-alpha_coef * chosen_lr)) / alpha_coef
-    logits = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)
-    if divergence == "js_divergence":
-        logits = logits - (F.softplus(chosen_lr) - F.softplus(rejected_lr))
-    return logits
+            return (capped(-coef * rejected_lr) - capped(-coef * chosen_lr)) / coef
+        logits = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)
+        if divergence == "js_divergence":
+            logits = logits - (F.softplus(chosen_lr) - F.softplus(rejected_lr))
+        return logits
+    if trl_version != "1":
+        raise ValueError(f"trl_version must be '1' or '0.28', got {trl_version!r}")
+    coef = 0.5 if alpha_coef is None else alpha_coef  # TRL 1.x's DPOConfig default
+
+    def score(lr):
+        if divergence == "reverse_kl" or (divergence == "alpha_divergence" and abs(coef - 1.0) < 1e-6):
+            return lr
+        if divergence == "forward_kl":
+            return 1 - torch.exp(-lr)
+        if divergence == "js_divergence":
+            return math.log(2.0) + F.logsigmoid(lr)
+        if divergence == "alpha_divergence":
+            cap = 11.0 if lr.dtype == torch.float16 else 80.0
+            return torch.expm1(torch.clamp((coef - 1) * lr, max=cap)) / (coef - 1)
+        raise ValueError(f"unknown f_divergence_type {divergence!r}")
+
+    return score(chosen_lr) - score(rejected_lr)
 
 
 def f_dpo_loss(
@@ -398,12 +430,18 @@ def trl_generalized_jsd_loss(
     beta: float = 0.5,
     temperature: float = 1.0,
     reduction: str = "batchmean",
+    num_items_in_batch=None,
 ) -> torch.Tensor:
-    """TRL's GKD generalized_jsd_loss semantics, restated for the drop-in test (not TRL's code):
-    logits divided by the temperature before the log-softmaxes (no T^2 factor); beta = 0 is KL(teacher ||
-    student), beta = 1 is KL(student || teacher), otherwise beta KL(teacher || m) + (1 - beta) KL(student || m)
-    with m = beta teacher + (1 - beta) student; "batchmean" divides the sum by the number of labels that are
-    not -100, or without labels by size(0) * size(1) of the (batch, seq, V) logits."""
+    """TRL 1.x's GKD generalized_jsd_loss semantics (trl.experimental.gkd, TRL 1.16), restated for the drop-in
+    tests (not TRL's code).
+
+    Per element: logits divided by the temperature before the log-softmaxes (no T^2 factor); beta = 0 is
+    p log(p/q) (KL(teacher || student)), beta = 1 is q log(q/p), otherwise beta p log(p/m) + (1 - beta) q log(q/m)
+    with m = beta p + (1 - beta) q. Elements of positions whose label is -100 are dropped. Reduction:
+    num_items_in_batch given: sum / num_items_in_batch (whatever the reduction); "batchmean": sum / max(kept
+    positions, 1) with labels, else sum / max(size(0), 1), the batch B of (B, S, V) logits; "sum"; "mean": the
+    mean over every kept element (NaN when none is kept); "none": the per-element terms, (kept positions, V)
+    with labels."""
     log_s = F.log_softmax(student_logits / temperature, dim=-1)
     log_t = F.log_softmax(teacher_logits / temperature, dim=-1)
     if beta == 0:
@@ -414,13 +452,16 @@ def trl_generalized_jsd_loss(
         log_m = torch.logaddexp(log_t + math.log(beta), log_s + math.log1p(-beta))
         per_entry = beta * log_t.exp() * (log_t - log_m) + (1 - beta) * log_s.exp() * (log_s - log_m)
     if labels is not None:
-        mask = labels != -100
-        per_entry = per_entry[mask]
+        per_entry = per_entry[labels != -100]
+    if num_items_in_batch is not None:
+        return per_entry.sum() / num_items_in_batch
     if reduction == "batchmean":
-        denom = mask.sum() if labels is not None else per_entry.size(0) * per_entry.size(1)
+        denom = (labels != -100).sum().clamp_min(1) if labels is not None else max(per_entry.size(0), 1)
         return per_entry.sum() / denom
     if reduction == "sum":
         return per_entry.sum()
+    if reduction == "mean":
+        return per_entry.mean()
     return per_entry
 
 
