@@ -173,6 +173,7 @@ def main() -> None:
     ap.add_argument("--build", type=Path, default=ROOT / "build/dev-cuda")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/sass.md")
     ap.add_argument("--baseline", type=Path, help="a JSON written by --json-only from an earlier build")
+    ap.add_argument("--baseline-label", default="an earlier build", help="what the baseline was built from")
     ap.add_argument("--json-only", action="store_true", help="write only the JSON (to --out)")
     args = ap.parse_args()
     rows = collect(args.build)
@@ -204,7 +205,7 @@ def main() -> None:
         base = json.loads(args.baseline.read_text())
         lines += [
             "",
-            f"## Before (`{args.baseline.name}`: the same figures from an earlier build)",
+            f"## Before: {args.baseline_label} (`{args.baseline.name}`)",
             "",
             *summary(base),
         ]
