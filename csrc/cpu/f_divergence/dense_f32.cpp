@@ -1,0 +1,8 @@
+// The dense f_divergence rows for float logits (one translation unit per dtype keeps each compile short).
+#include "dense_row.h"
+
+namespace fdiv_ops::fdiv_cpu {
+
+FDIV_DENSE_ROWS(float, f32)
+
+}  // namespace fdiv_ops::fdiv_cpu
