@@ -41,21 +41,31 @@ DIVERGENCES = ["forward_kl", "reverse_kl", "js", "gkd_jsd(0.5)"]
 needs_cuda = pytest.mark.skipif(not fdiv_ops.cuda_available(), reason="needs a CUDA device")
 
 
-def _trl_jsd(student, teacher, beta):
-    """TRL's GKD loss on (rows, V) logits with its default batchmean (the sum over rows / rows)."""
-    try:
-        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-        from trl.experimental.gkd import GKDTrainer
+def _trl_body(student_logits, teacher_logits, beta):
+    """TRL 1.16's generalized_jsd_loss body for (rows, V) logits, temperature 1, batchmean (used when trl is absent)."""
+    student_log_probs = F.log_softmax(student_logits, dim=-1)
+    teacher_log_probs = F.log_softmax(teacher_logits, dim=-1)
+    beta = torch.tensor(beta, dtype=student_log_probs.dtype, device=student_log_probs.device)
+    mixture_log_probs = torch.logsumexp(
+        torch.stack([student_log_probs + torch.log1p(-beta), teacher_log_probs + torch.log(beta)]), dim=0
+    )
+    kl_teacher = F.kl_div(mixture_log_probs, teacher_log_probs, reduction="none", log_target=True)
+    kl_student = F.kl_div(mixture_log_probs, student_log_probs, reduction="none", log_target=True)
+    jsd = beta * kl_teacher + (1 - beta) * kl_student
+    return jsd.sum() / max(jsd.size(0), 1)
 
-        return GKDTrainer.generalized_jsd_loss(student, teacher, beta=beta)
-    except ImportError:  # the same body, written out (trl 1.16)
-        log_s, log_t = F.log_softmax(student, dim=-1), F.log_softmax(teacher, dim=-1)
-        b = torch.tensor(beta, dtype=log_s.dtype)
-        log_m = torch.logsumexp(torch.stack([log_s + torch.log1p(-b), log_t + torch.log(b)]), dim=0)
-        jsd = b * F.kl_div(log_m, log_t, reduction="none", log_target=True) + (1 - b) * F.kl_div(
-            log_m, log_s, reduction="none", log_target=True
-        )
-        return jsd.sum() / jsd.size(0)
+
+def _load_trl():
+    # Resolved once at import: an import inside the compiled function would break torch.compile's graph.
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    try:
+        from trl.experimental.gkd import GKDTrainer
+    except ImportError:
+        return _trl_body
+    return lambda s, t, beta: GKDTrainer.generalized_jsd_loss(s, t, beta=beta)
+
+
+_trl_jsd = _load_trl()
 
 
 def idiomatic(student, teacher, divergence):

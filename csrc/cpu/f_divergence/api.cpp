@@ -38,7 +38,8 @@ double* thread_scratch(size_t doubles) {
 template <typename A, typename Rows>
 void run_dense(const FDivergenceArgs& args, int num_threads, Rows rows_fn) {
   const DenseSetup<A> setup = fdiv_cpu::make_setup<A>(args.divergence);
-  const size_t doubles = (2 * static_cast<size_t>(args.student_vocab) * sizeof(A) + 7) / 8;
+  const size_t doubles =
+      (static_cast<size_t>(fdiv_cpu::dense_scratch_size(args.student_vocab, args.teacher_vocab)) * sizeof(A) + 7) / 8;
   parallel_rows(args.rows, num_threads, [&](int64_t b, int64_t e) {
     rows_fn(args, b, e, setup, reinterpret_cast<A*>(thread_scratch(doubles)));
   });
@@ -91,7 +92,9 @@ void f_divergence_cpu(const FDivergenceArgs& args, int num_threads) {
 void f_divergence_topk_cpu(const FDivergenceTopkArgs& args, int num_threads) {
   const DivergenceSpec spec = canonical_spec(args.divergence);
   const size_t acc_size = args.dtype == DType::float64 ? sizeof(double) : sizeof(float);
-  const size_t doubles = (static_cast<size_t>(args.vocab) * acc_size + 7) / 8 + 4 * static_cast<size_t>(args.k);
+  const size_t doubles =
+      (static_cast<size_t>(fdiv_cpu::dense_scratch_size(args.vocab, args.vocab)) * acc_size + 7) / 8 +
+      4 * static_cast<size_t>(args.k);
   parallel_rows(args.rows, num_threads,
                 [&](int64_t b, int64_t e) { fdiv_cpu::topk_rows(args, b, e, spec, thread_scratch(doubles)); });
 }

@@ -53,11 +53,7 @@ FDIV_INLINE acc_t<T> load(const T* x, int64_t j) {
   return static_cast<acc_t<T>>(to_float(x[j]));
 }
 
-// Row sums are accumulated in the compute type within blocks of kBlock entries (so the loops vectorise at the
-// full float width) and across blocks in float64: a block's rounding is that of ~kBlock/16 terms per lane.
-constexpr int64_t kBlock = 512;
-
-// Pass A: the row maximum, NaN counted as +inf (poison_max).
+// The row maximum, NaN counted as +inf (poison_max); only the hard term's T = 1 log-sum-exp needs it alone.
 template <typename T, typename A = acc_t<T>>
 FDIV_INLINE A row_max(const T* x, int64_t n) {
   A mx = -kInf<A>;
@@ -74,23 +70,6 @@ template <typename A>
 constexpr A kLog2e = A(1.44269504088896340735992468100189214);
 constexpr double kLn2 = 0.693147180559945309417232121458176568;
 
-// Pass B: out_j = 2^(x_j scale - shift) (<= 1 after the max; scale carries log2 e), and their sum.
-template <typename T, typename A = acc_t<T>>
-FDIV_INLINE double exp_store(const T* x, int64_t n, A scale, A shift, A* out) {
-  double sum = 0;
-  for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
-    const int64_t b1 = std::min(n, b0 + kBlock);
-    A part = 0;
-#pragma omp simd reduction(+ : part)
-    for (int64_t j = b0; j < b1; ++j) {
-      const A e = row_exp2(load(x, j) * scale - shift);
-      out[j] = e;
-      part += e;
-    }
-    sum += static_cast<double>(part);
-  }
-  return sum;
-}
 template <typename T, typename A = acc_t<T>>
 FDIV_INLINE double exp_sum(const T* x, int64_t n, A scale, A shift) {
   double sum = 0;
@@ -103,35 +82,80 @@ FDIV_INLINE double exp_sum(const T* x, int64_t n, A scale, A shift) {
   }
   return sum;
 }
-// Teacher log-probabilities: p_j = exp(t_j) as given (no max, no LSE), the maximum taken alongside for the
-// NaN rule. out may be null (entries past the student's vocabulary: summed only).
+
+// One side of a row after pass B.
+template <typename A>
+struct SideExp {
+  bool poisoned;  // a NaN or +inf entry (the NaN rule)
+  bool dead;      // every entry -inf
+  double lse;     // LSE(x c2) ln 2 = LSE(x / T) for logits; 0 for log-probs
+  double total;   // sum of the probabilities (1 for logits; sum exp(t) as given for log-probs)
+  double tail;    // the part of total from entries j >= n_split
+};
+
+// Pass B for one side, x[0, n) with scale c2 = log2(e) / T, one block of kBlock entries at a time: the block's
+// maximum bm (the only sweep that reads x from memory), then e_j = 2^(x_j c2 - bm c2) <= 1 over the same
+// entries (from L1), stored in out for j < n_split (and beyond when store_tail); the block sums of the entries
+// below and above n_split go to bsum / btail and bm c2 to bmax. Then the per-block factors scale_b with p_j = e_j
+// scale_b: 2^(bm_b c2 - M) / S for logits (M the row maximum, S the total relative to it), 2^(bm_b c2) for log-probs
+// used as given (normalise false). Fusing the max into this sweep (instead of a max pass, then an exp pass) reads each
+// row from DRAM once.
 template <typename T, typename A = acc_t<T>>
-FDIV_INLINE double exp_store_logprobs(const T* x, int64_t n, A* out, A* mx_inout) {
-  double sum = 0;
-  A mx = *mx_inout;
-  for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
-    const int64_t b1 = std::min(n, b0 + kBlock);
-    A part = 0;
-    if (out != nullptr) {
-#pragma omp simd reduction(+ : part) reduction(max : mx)
-      for (int64_t j = b0; j < b1; ++j) {
-        const A v = load(x, j), e = row_exp2(v * kLog2e<A>);
-        mx = poison_max(mx, v);
-        out[j] = e;
-        part += e;
-      }
+FDIV_INLINE SideExp<A> side_exp(const T* x, int64_t n, int64_t n_split, bool store_tail, A c2, bool normalise, A* out,
+                                A* bmax, A* bsum, A* btail, A* scale) {
+  const int64_t nb = num_blocks(n);
+  A row_m = -kInf<A>;
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t b0 = b * kBlock, b1 = std::min(n, b0 + kBlock), s1 = std::max(b0, std::min(b1, n_split));
+    A bm = -kInf<A>;
+#pragma omp simd reduction(max : bm)
+    for (int64_t j = b0; j < b1; ++j) bm = poison_max(bm, load(x, j));
+    if (row_poisoned(bm)) return {true, false, 0, 0, 0};
+    A head = 0, tail = 0;
+    if (bm == -kInf<A>) {  // a block of -inf: e = 0 (2^(-inf + inf) would be NaN)
+      const int64_t s2 = store_tail ? b1 : s1;
+#pragma omp simd
+      for (int64_t j = b0; j < s2; ++j) out[j] = A(0);
     } else {
-#pragma omp simd reduction(+ : part) reduction(max : mx)
-      for (int64_t j = b0; j < b1; ++j) {
-        const A v = load(x, j);
-        mx = poison_max(mx, v);
-        part += row_exp2(v * kLog2e<A>);
+      const A shift = bm * c2;
+#pragma omp simd reduction(+ : head)
+      for (int64_t j = b0; j < s1; ++j) {
+        const A e = row_exp2(load(x, j) * c2 - shift);
+        out[j] = e;
+        head += e;
+      }
+      if (store_tail) {
+#pragma omp simd reduction(+ : tail)
+        for (int64_t j = s1; j < b1; ++j) {
+          const A e = row_exp2(load(x, j) * c2 - shift);
+          out[j] = e;
+          tail += e;
+        }
+      } else {
+#pragma omp simd reduction(+ : tail)
+        for (int64_t j = s1; j < b1; ++j) tail += row_exp2(load(x, j) * c2 - shift);
       }
     }
-    sum += static_cast<double>(part);
+    bmax[b] = bm * c2;
+    bsum[b] = head;
+    btail[b] = tail;
+    row_m = bmax[b] > row_m ? bmax[b] : row_m;
   }
-  *mx_inout = mx;
-  return sum;
+  if (row_m == -kInf<A>) return {false, true, 0, 0, 0};
+  double rel = 0, rel_tail = 0;
+  for (int64_t b = 0; b < nb; ++b) {
+    const double f = std::exp2(double(bmax[b]) - double(row_m));  // 0 for a block of -inf
+    scale[b] = A(f);
+    rel += f * (double(bsum[b]) + double(btail[b]));
+    rel_tail += f * double(btail[b]);
+  }
+  if (normalise) {
+    for (int64_t b = 0; b < nb; ++b) scale[b] = A(double(scale[b]) / rel);
+    return {false, false, double(row_m) * kLn2 + std::log(rel), 1.0, rel_tail / rel};
+  }
+  const double top = std::exp2(double(row_m));
+  for (int64_t b = 0; b < nb; ++b) scale[b] = A(std::exp2(double(bmax[b])));
+  return {false, false, 0.0, top * rel, top * rel_tail};
 }
 
 template <typename T>
@@ -148,7 +172,6 @@ struct RowState {
   A t_mul;           // 1, or T for teacher log-probs: y - x = (t t_mul - z) inv_t either way
   A shift;           // LSE(y) - LSE(x), so l = (y - x) - shift
   A lse_z, lse_t;    // log q = x - lse_z, log p = y - lse_t
-  A inv_sz, inv_st;  // q = e_q inv_sz, p = e_p inv_st
   A tol, c1;
 };
 
@@ -156,30 +179,58 @@ struct TermSums {
   double loss, s, dropped_q, dropped_p;
 };
 
+// While pass C computes on one row (from L2), the next row's logits and this row's gradient are fetched into
+// L2 one block ahead of their use, so pass B's sweep of the next row and pass D's stores find them there and
+// the DRAM traffic overlaps the arithmetic instead of stalling it.
+template <typename T>
+struct Prefetch {
+  const T* z_next;  // null: no next row in this thread's range
+  const T* t_next;
+  T* g;
+  FDIV_INLINE static void lines(const void* base, int64_t begin, int64_t end, bool write) {
+    const char* p = static_cast<const char*>(base);
+    for (int64_t off = begin * int64_t(sizeof(T)); off < end * int64_t(sizeof(T)); off += 64) {
+      if (write)
+        __builtin_prefetch(p + off, 1, 2);
+      else
+        __builtin_prefetch(p + off, 0, 2);
+    }
+  }
+  FDIV_INLINE void block(int64_t b0, int64_t b1) const {
+    lines(g, b0, b1, true);
+    if (z_next == nullptr) return;
+    lines(z_next, b0, b1, false);
+    lines(t_next, b0, b1, false);
+  }
+};
+
 // Pass C over the shared vocabulary [0, n): sum q f~, sum of the stored q psi~ (c1 q where dropped), and the
-// dropped masses; q psi~ replaces e_p in the scratch.
+// dropped masses; q psi~ replaces e_p in the scratch. q = e_q qscale[block], p = e_p pscale[block].
 template <typename T, typename Div, typename A = acc_t<T>>
 FDIV_INLINE TermSums dense_terms(const T* z, const T* t, int64_t n, const RowState<A>& rs, const CatParam<A>& param_in,
-                                 const CatSeries<A>& series_in, const A* eq, A* ep) {
+                                 const CatSeries<A>& series_in, const A* eq, const A* qscale, A* ep, const A* pscale,
+                                 const Prefetch<T>& pf) {
   // Local copies: loop invariants the compiler can keep in registers (through the references, a store to ep
   // might alias them, and some of the 13 loops then stay scalar).
   const CatSeries<A> series = series_in;
   const CatParam<A> param = param_in;
   const A inv_t = rs.inv_t, t_scale = rs.t_scale, shift = rs.shift, lse_z = rs.lse_z, lse_t = rs.lse_t;
-  const A inv_sz = rs.inv_sz, inv_st = rs.inv_st, tol = rs.tol, c1 = rs.c1, t_mul = rs.t_mul;
+  const A tol = rs.tol, c1 = rs.c1, t_mul = rs.t_mul;
   TermSums out{0, 0, 0, 0};
   for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
     const int64_t b1 = std::min(n, b0 + kBlock);
+    pf.block(b0, b1);
+    const A qs = qscale[b0 / kBlock], ps = pscale[b0 / kBlock];
     A loss = 0, s = 0, dq = 0, dp = 0;
 #pragma omp simd reduction(+ : loss, s, dq, dp)
     for (int64_t j = b0; j < b1; ++j) {
       const A zr = load(z, j), tr = load(t, j);
       const A x = zr * inv_t, y = tr * t_scale;
-      const bool keep = (x > -kInf<A>)&(y > -kInf<A>);  // finite: NaN and +inf rows never get here
+      const bool keep = (zr > -kInf<A>)&(tr > -kInf<A>);  // finite: NaN and +inf rows never get here
       // y - x from the logits (t - z exact when they are close); no select on a loop invariant here: GCC
       // unswitches the loop on it and then leaves both copies scalar.
       const A d = (tr * t_mul - zr) * inv_t;
-      const A q = eq[j] * inv_sz, p = ep[j] * inv_st;
+      const A q = eq[j] * qs, p = ep[j] * ps;
       const CatPoint<A> e{q, p, keep ? d - shift : A(0), keep ? x - lse_z : A(0), keep ? y - lse_t : A(0), tol};
       A qf, qpsi;
       cat_terms<Div, M>(e, param, series, &qf, &qpsi);
@@ -198,36 +249,57 @@ FDIV_INLINE TermSums dense_terms(const T* z, const T* t, int64_t n, const RowSta
   return out;
 }
 
-// Pass D. kHard: 0 none, 1 hard term with softmax(z) = q (T = 1), 2 with softmax(z)_j = exp(z_j - lse_1).
+// Pass D, block by block: g_j = coef (q psi~_j - q_j S) for j < vc (q psi~ in ep), coef q_j (c1 - S) past it.
+// kHard: 0 none, 1 hard term with softmax(z) = q (T = 1), 2 with softmax(z)_j = exp(z_j - lse_1).
 template <int kHard, typename T, typename A = acc_t<T>>
-FDIV_INLINE void dense_grad(const T* z, T* g, int64_t vc, int64_t vs, const A* eq, const A* ep, A inv_sz, A coef, A s,
-                            A c1, A hard_coef, int64_t y, A lse_1) {
-#pragma omp simd
-  for (int64_t j = 0; j < vc; ++j) {
-    const A q = eq[j] * inv_sz;
-    A gj = coef * (ep[j] - q * s);
-    if constexpr (kHard != 0) {
-      const A q1 = kHard == 1 ? q : M::exp(load(z, j) - lse_1);
-      gj += hard_coef * (q1 - (j == y ? A(1) : A(0)));
-    }
-    g[j] = cpu::from_float<T>(gj);
-  }
+FDIV_INLINE void dense_grad(const T* z, T* g, int64_t vc, int64_t vs, const A* eq, const A* qscale, const A* ep, A coef,
+                            A s, A c1, A hard_coef, int64_t y, A lse_1) {
   const A tail = coef * (c1 - s);  // entries past the teacher's vocabulary: dropped, q psi~ = c1 q
+  for (int64_t b0 = 0; b0 < vs; b0 += kBlock) {
+    const int64_t b1 = std::min(vs, b0 + kBlock), s1 = std::max(b0, std::min(b1, vc));
+    const A qs = qscale[b0 / kBlock];
 #pragma omp simd
-  for (int64_t j = vc; j < vs; ++j) {
-    const A q = eq[j] * inv_sz;
-    A gj = q * tail;
-    if constexpr (kHard != 0) {
-      const A q1 = kHard == 1 ? q : M::exp(load(z, j) - lse_1);
-      gj += hard_coef * (q1 - (j == y ? A(1) : A(0)));
+    for (int64_t j = b0; j < s1; ++j) {
+      const A q = eq[j] * qs;
+      A gj = coef * (ep[j] - q * s);
+      if constexpr (kHard != 0) {
+        const A q1 = kHard == 1 ? q : M::exp(load(z, j) - lse_1);
+        gj += hard_coef * (q1 - (j == y ? A(1) : A(0)));
+      }
+      g[j] = cpu::from_float<T>(gj);
     }
-    g[j] = cpu::from_float<T>(gj);
+#pragma omp simd
+    for (int64_t j = s1; j < b1; ++j) {
+      const A q = eq[j] * qs;
+      A gj = q * tail;
+      if constexpr (kHard != 0) {
+        const A q1 = kHard == 1 ? q : M::exp(load(z, j) - lse_1);
+        gj += hard_coef * (q1 - (j == y ? A(1) : A(0)));
+      }
+      g[j] = cpu::from_float<T>(gj);
+    }
   }
 }
 
+// Scratch of one thread for a dense row: e_q and e_p (Vs each), then the block arrays of pass B.
+template <typename A>
+struct RowScratch {
+  A *eq, *ep, *bmax, *bsum, *btail, *qscale, *pscale;
+};
+template <typename A>
+FDIV_INLINE RowScratch<A> row_scratch(A* base, int64_t vs, int64_t nb) {
+  return {base,
+          base + vs,
+          base + 2 * vs,
+          base + 2 * vs + nb,
+          base + 2 * vs + 2 * nb,
+          base + 2 * vs + 3 * nb,
+          base + 2 * vs + 4 * nb};
+}
+
 template <typename T>
-FDIV_INLINE void dense_row(const FDivergenceArgs& a, int64_t r, const DenseSetup<acc_t<T>>& setup, acc_t<T>* eq,
-                           acc_t<T>* ep) {
+FDIV_INLINE void dense_row(const FDivergenceArgs& a, int64_t r, bool has_next, const DenseSetup<acc_t<T>>& setup,
+                           const RowScratch<acc_t<T>>& w) {
   using A = acc_t<T>;
   const int64_t vs = a.student_vocab, vt = a.teacher_vocab, vc = std::min(vs, vt);
   const T* z = static_cast<const T*>(a.student) + r * vs;
@@ -238,105 +310,84 @@ FDIV_INLINE void dense_row(const FDivergenceArgs& a, int64_t r, const DenseSetup
   const A inv_t = A(a.inv_temperature);
   const bool logprobs = a.teacher_is_logprobs;
   const A nan = std::numeric_limits<A>::quiet_NaN();
+  const bool hard = a.labels != nullptr;
+  const int64_t y = hard ? a.labels[r] : -1;
   if (scale == A(0)) {  // ignored row: never read
     *loss_out = A(0);
     fill_row(g, vs, A(0));
     return;
   }
-  // Pass A (the teacher's maximum comes with pass B for log-probs).
-  const A mz_raw = row_max(z, vs);
-  A mt_raw = logprobs ? -kInf<A> : row_max(t, vt);
-  const bool hard = a.labels != nullptr;
-  const int64_t y = hard ? a.labels[r] : -1;
-  if (row_poisoned(mz_raw) || row_poisoned(mt_raw) || (hard && (y < 0 || y >= vs))) {
+  // Pass B, in base 2 (e = 2^(x c2 - m), c2 = log2(e)/T), with the block maxima and the NaN rule.
+  const A c2 = inv_t * kLog2e<A>;
+  const SideExp<A> sz = side_exp(z, vs, vc, true, c2, true, w.eq, w.bmax, w.bsum, w.btail, w.qscale);
+  SideExp<A> st{false, true, 0, 0, 0};
+  if (!sz.poisoned) {
+    st = side_exp(t, vt, vc, false, logprobs ? kLog2e<A> : c2, !logprobs, w.ep, w.bmax, w.bsum, w.btail, w.pscale);
+  }
+  if (sz.poisoned || st.poisoned || (hard && (y < 0 || y >= vs))) {
     *loss_out = nan;  // NaN rule; a label outside [0, Vs): loud NaN rather than a read out of bounds
     fill_row(g, vs, nan);
     return;
   }
-  const bool dead = mz_raw == -kInf<A> || (!logprobs && mt_raw == -kInf<A>);
-  // Pass B, in base 2: e = 2^(z c2 - m2) = exp(z/T - m2 ln 2), so LSE(z/T) = m2 ln 2 + log Sz.
-  const A c2 = inv_t * kLog2e<A>, mz2 = mz_raw * c2;
-  double sz_head = 0, sz_tail = 0, st_head = 0, st_tail = 0;
-  if (!dead) {
-    sz_head = exp_store(z, vc, c2, mz2, eq);
-    sz_tail = exp_store(z + vc, vs - vc, c2, mz2, eq + vc);
-    if (logprobs) {
-      st_head = exp_store_logprobs(t, vc, ep, &mt_raw);
-      st_tail = exp_store_logprobs(t + vc, vt - vc, static_cast<A*>(nullptr), &mt_raw);
-      if (row_poisoned(mt_raw)) {
-        *loss_out = nan;
-        fill_row(g, vs, nan);
-        return;
-      }
-    } else {
-      st_head = exp_store(t, vc, c2, mt_raw * c2, ep);
-      st_tail = exp_sum(t + vc, vt - vc, c2, mt_raw * c2);
-    }
-  }
-  if (dead || mt_raw == -kInf<A>) {  // a row of -inf on either side: 0 and 0, the hard term included
+  if (sz.dead || st.dead) {  // a row of -inf on either side: 0 and 0, the hard term included
     *loss_out = A(0);
     fill_row(g, vs, A(0));
     return;
   }
-  const double sz = sz_head + sz_tail, st = st_head + st_tail;
-  const double lse_z = double(mz2) * kLn2 + std::log(sz);
-  const double lse_t = logprobs ? 0.0 : double(mt_raw * c2) * kLn2 + std::log(st);
   RowState<A> rs;
   rs.inv_t = inv_t;
   rs.t_scale = logprobs ? A(1) : inv_t;
   rs.t_mul = logprobs ? A(1) / inv_t : A(1);
-  rs.shift = A(lse_t - lse_z);
-  rs.lse_z = A(lse_z);
-  rs.lse_t = A(lse_t);
-  rs.inv_sz = A(1.0 / sz);
-  rs.inv_st = logprobs ? A(1) : A(1.0 / st);
-  rs.tol = cat_dead_zone<A>(A(lse_z), A(lse_t));
+  rs.shift = A(st.lse - sz.lse);
+  rs.lse_z = A(sz.lse);
+  rs.lse_t = A(st.lse);
+  rs.tol = cat_dead_zone<A>(A(sz.lse), A(st.lse));
   rs.c1 = setup.c1;
+  const Prefetch<T> pf{has_next ? z + vs : nullptr, t + vt, g};
   // Pass C, the one divergence-specific loop.
   TermSums sums{};
   switch (setup.spec.kind) {
-#define FDIV_PASS_C(name, id, Functor, ...)                                          \
-  case Divergence::name:                                                             \
-    sums = dense_terms<T, Functor>(z, t, vc, rs, setup.param, setup.series, eq, ep); \
+#define FDIV_PASS_C(name, id, Functor, ...)                                                                      \
+  case Divergence::name:                                                                                         \
+    sums = dense_terms<T, Functor>(z, t, vc, rs, setup.param, setup.series, w.eq, w.qscale, w.ep, w.pscale, pf); \
     break;
     FDIV_DIVERGENCES(FDIV_PASS_C)
 #undef FDIV_PASS_C
   }
   // The entries past the teacher's vocabulary (student-only) are dropped; those past the student's
   // (teacher-only) drop their teacher mass. loss = sum q f~ + c1 (sum_kept p - sum_kept q), with
-  // sum_all q = 1 and sum_all p = 1 exactly (St for log-probs, as given).
-  const double q_tail = sz_tail / sz, p_tail = logprobs ? st_tail : st_tail / st;
-  const double dropped_q = sums.dropped_q + q_tail, dropped_p = sums.dropped_p + p_tail;
-  const double p_excess = logprobs ? st - 1.0 : 0.0;
-  const double loss = sums.loss + double(setup.c1) * (p_excess - dropped_p + dropped_q);
-  const A s = finite_or_nan(A(sums.s + double(setup.c1) * q_tail));
+  // sum_all q = 1 and sum_all p = 1 exactly for logits (St, as given, for log-probs).
+  const double dropped_q = sums.dropped_q + sz.tail, dropped_p = sums.dropped_p + st.tail;
+  const double loss = sums.loss + double(setup.c1) * ((st.total - 1.0) - dropped_p + dropped_q);
+  const A s = finite_or_nan(A(sums.s + double(setup.c1) * sz.tail));
   // Pass D, with the hard term (cross-entropy at temperature 1) when labels are given.
   const A coef = scale * inv_t;
   double ce = 0;
   if (!hard) {
-    dense_grad<0>(z, g, vc, vs, eq, ep, rs.inv_sz, coef, s, setup.c1, A(0), y, A(0));
+    dense_grad<0>(z, g, vc, vs, w.eq, w.qscale, w.ep, coef, s, setup.c1, A(0), y, A(0));
   } else {
     const A hard_w = A(a.hard_weight);
-    double lse_1 = lse_z;
+    double lse_1 = sz.lse;
     if (inv_t != A(1)) {
-      const A m1 = mz_raw * kLog2e<A>;
+      const A m1 = row_max(z, vs) * kLog2e<A>;
       lse_1 = double(m1) * kLn2 + std::log(exp_sum(z, vs, kLog2e<A>, m1));
     }
-    ce = lse_1 - double(load(z, y));  // read before pass D overwrites z_y (in place)
+    ce = double(hard_w) * (lse_1 - double(load(z, y)));  // z_y read before pass D overwrites it (in place)
     if (inv_t == A(1))
-      dense_grad<1>(z, g, vc, vs, eq, ep, rs.inv_sz, coef, s, setup.c1, scale * hard_w, y, A(lse_1));
+      dense_grad<1>(z, g, vc, vs, w.eq, w.qscale, w.ep, coef, s, setup.c1, scale * hard_w, y, A(lse_1));
     else
-      dense_grad<2>(z, g, vc, vs, eq, ep, rs.inv_sz, coef, s, setup.c1, scale * hard_w, y, A(lse_1));
-    ce *= double(hard_w);
+      dense_grad<2>(z, g, vc, vs, w.eq, w.qscale, w.ep, coef, s, setup.c1, scale * hard_w, y, A(lse_1));
   }
   *loss_out = A(double(scale) * (loss + ce));
 }
 
 // One exported, multiversioned entry point per dtype: FDIV_DENSE_ROWS(float, f32) in dense_f32.cpp.
-#define FDIV_DENSE_ROWS(T, SUFFIX)                                                                       \
-  FDIV_CPU_CLONES void dense_rows_##SUFFIX(const FDivergenceArgs& a, int64_t begin, int64_t end,         \
-                                           const DenseSetup<acc_t<T>>& setup, acc_t<T>* scratch) {       \
-    for (int64_t r = begin; r < end; ++r) dense_row<T>(a, r, setup, scratch, scratch + a.student_vocab); \
+#define FDIV_DENSE_ROWS(T, SUFFIX)                                                                     \
+  FDIV_CPU_CLONES void dense_rows_##SUFFIX(const FDivergenceArgs& a, int64_t begin, int64_t end,       \
+                                           const DenseSetup<acc_t<T>>& setup, acc_t<T>* scratch) {     \
+    const RowScratch<acc_t<T>> w =                                                                     \
+        row_scratch(scratch, a.student_vocab, num_blocks(std::max(a.student_vocab, a.teacher_vocab))); \
+    for (int64_t r = begin; r < end; ++r) dense_row<T>(a, r, r + 1 < end, setup, w);                   \
   }
 
 }  // namespace fdiv_ops::fdiv_cpu
