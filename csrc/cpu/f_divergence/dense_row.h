@@ -91,6 +91,7 @@ struct SideExp {
   double lse;     // LSE(x c2) ln 2 = LSE(x / T) for logits; 0 for log-probs
   double total;   // sum of the probabilities (1 for logits; sum exp(t) as given for log-probs)
   double tail;    // the part of total from entries j >= n_split
+  double m, rel;  // lse = m ln 2 + log(rel) (logits): m the row maximum of x c2, rel the sum relative to it
 };
 
 // Pass B for one side, x[0, n) with scale c2 = log2(e) / T, one block of kBlock entries at a time: the block's
@@ -110,7 +111,7 @@ FDIV_INLINE SideExp<A> side_exp(const T* x, int64_t n, int64_t n_split, bool sto
     A bm = -kInf<A>;
 #pragma omp simd reduction(max : bm)
     for (int64_t j = b0; j < b1; ++j) bm = poison_max(bm, load(x, j));
-    if (row_poisoned(bm)) return {true, false, 0, 0, 0};
+    if (row_poisoned(bm)) return {true, false, 0, 0, 0, 0, 0};
     A head = 0, tail = 0;
     if (bm == -kInf<A>) {  // a block of -inf: e = 0 (2^(-inf + inf) would be NaN)
       const int64_t s2 = store_tail ? b1 : s1;
@@ -141,7 +142,7 @@ FDIV_INLINE SideExp<A> side_exp(const T* x, int64_t n, int64_t n_split, bool sto
     btail[b] = tail;
     row_m = bmax[b] > row_m ? bmax[b] : row_m;
   }
-  if (row_m == -kInf<A>) return {false, true, 0, 0, 0};
+  if (row_m == -kInf<A>) return {false, true, 0, 0, 0, 0, 0};
   double rel = 0, rel_tail = 0;
   for (int64_t b = 0; b < nb; ++b) {
     const double f = std::exp2(double(bmax[b]) - double(row_m));  // 0 for a block of -inf
@@ -151,11 +152,11 @@ FDIV_INLINE SideExp<A> side_exp(const T* x, int64_t n, int64_t n_split, bool sto
   }
   if (normalise) {
     for (int64_t b = 0; b < nb; ++b) scale[b] = A(double(scale[b]) / rel);
-    return {false, false, double(row_m) * kLn2 + std::log(rel), 1.0, rel_tail / rel};
+    return {false, false, double(row_m) * kLn2 + std::log(rel), 1.0, rel_tail / rel, double(row_m), rel};
   }
   const double top = std::exp2(double(row_m));
   for (int64_t b = 0; b < nb; ++b) scale[b] = A(std::exp2(double(bmax[b])));
-  return {false, false, 0.0, top * rel, top * rel_tail};
+  return {false, false, 0.0, top * rel, top * rel_tail, double(row_m), rel};
 }
 
 template <typename T>
@@ -172,7 +173,7 @@ struct RowState {
   A t_mul;           // 1, or T for teacher log-probs: y - x = (t t_mul - z) inv_t either way
   A shift;           // LSE(y) - LSE(x), so l = (y - x) - shift
   A lse_z, lse_t;    // log q = x - lse_z, log p = y - lse_t
-  A tol, c1;
+  A c1;
 };
 
 struct TermSums {
@@ -215,7 +216,7 @@ FDIV_INLINE TermSums dense_terms(const T* z, const T* t, int64_t n, const RowSta
   const CatSeries<A> series = series_in;
   const CatParam<A> param = param_in;
   const A inv_t = rs.inv_t, t_scale = rs.t_scale, shift = rs.shift, lse_z = rs.lse_z, lse_t = rs.lse_t;
-  const A tol = rs.tol, c1 = rs.c1, t_mul = rs.t_mul;
+  const A c1 = rs.c1, t_mul = rs.t_mul;
   TermSums out{0, 0, 0, 0};
   for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
     const int64_t b1 = std::min(n, b0 + kBlock);
@@ -231,7 +232,8 @@ FDIV_INLINE TermSums dense_terms(const T* z, const T* t, int64_t n, const RowSta
       // unswitches the loop on it and then leaves both copies scalar.
       const A d = (tr * t_mul - zr) * inv_t;
       const A q = eq[j] * qs, p = ep[j] * ps;
-      const CatPoint<A> e{q, p, keep ? d - shift : A(0), keep ? x - lse_z : A(0), keep ? y - lse_t : A(0), tol};
+      const CatPoint<A> e{
+          q, p, keep ? d - shift : A(0), keep ? x - lse_z : A(0), keep ? y - lse_t : A(0), cat_dead_zone(x, y, shift)};
       A qf, qpsi;
       cat_terms<Div, M>(e, param, series, &qf, &qpsi);
       const A stored = keep ? finite_or_nan(qpsi) : c1 * q;
@@ -320,7 +322,7 @@ FDIV_INLINE void dense_row(const FDivergenceArgs& a, int64_t r, bool has_next, c
   // Pass B, in base 2 (e = 2^(x c2 - m), c2 = log2(e)/T), with the block maxima and the NaN rule.
   const A c2 = inv_t * kLog2e<A>;
   const SideExp<A> sz = side_exp(z, vs, vc, true, c2, true, w.eq, w.bmax, w.bsum, w.btail, w.qscale);
-  SideExp<A> st{false, true, 0, 0, 0};
+  SideExp<A> st{false, true, 0, 0, 0, 0, 0};
   if (!sz.poisoned) {
     st = side_exp(t, vt, vc, false, logprobs ? kLog2e<A> : c2, !logprobs, w.ep, w.bmax, w.bsum, w.btail, w.pscale);
   }
@@ -338,10 +340,11 @@ FDIV_INLINE void dense_row(const FDivergenceArgs& a, int64_t r, bool has_next, c
   rs.inv_t = inv_t;
   rs.t_scale = logprobs ? A(1) : inv_t;
   rs.t_mul = logprobs ? A(1) / inv_t : A(1);
-  rs.shift = A(st.lse - sz.lse);
+  // LSE(y) - LSE(x) as (m_t - m_z) ln 2 + log(rel_t / rel_z): no rounding of two LSEs of ~log V each (the
+  // shift moves every l, and total_variation's dead zone is a few ulps of l).
+  rs.shift = A(logprobs ? -sz.lse : (st.m - sz.m) * kLn2 + std::log(st.rel / sz.rel));
   rs.lse_z = A(sz.lse);
   rs.lse_t = A(st.lse);
-  rs.tol = cat_dead_zone<A>(A(sz.lse), A(st.lse));
   rs.c1 = setup.c1;
   const Prefetch<T> pf{has_next ? z + vs : nullptr, t + vt, g};
   // Pass C, the one divergence-specific loop.

@@ -23,12 +23,15 @@ struct TopkSums {
 
 // The categorical terms (q f, q psi, unshifted) of the k + 1 categories in float64 (closed forms, StdMath).
 // Dropped categories (-inf on either side, or an empty bucket) give 0 and 0.
-template <typename Div>
+template <typename Div, typename A>
 TopkSums topk_categories(const CatParam<double>& c, int64_t k, const double* q_top, const double* x_top,
-                         const double* lp_top, double lse_z, double tol, double* qpsi_top) {
+                         const double* lp_top, double lse_z, double* qpsi_top) {
   const double neg_inf = -std::numeric_limits<double>::infinity();
-  auto terms = [&](double q, double p, double lq, double lp, double* qf, double* qpsi) {
-    const CatPoint<double> e{q, p, lp - lq, lq, lp, tol};
+  // total_variation's dead zone in the precision of the inputs (float for 16/32-bit logits): float64 here
+  // would resolve rounding noise of float inputs into a sign.
+  const double eps_ratio = double(machine_eps<A>()) / machine_eps<double>();
+  auto terms = [&](double q, double p, double lq, double lp, double x, double shift, double* qf, double* qpsi) {
+    const CatPoint<double> e{q, p, lp - lq, lq, lp, eps_ratio * cat_dead_zone(x, lp, shift)};
     Div::template cat<StdMath>(e, c, qf, qpsi);
     *qpsi = finite_or_nan(*qpsi);
   };
@@ -40,7 +43,7 @@ TopkSums topk_categories(const CatParam<double>& c, int64_t k, const double* q_t
     qpsi_top[i] = 0;
     if (x_top[i] == neg_inf || lp_top[i] == neg_inf) continue;
     double qf, qpsi;
-    terms(q_top[i], p, x_top[i] - lse_z, lp_top[i], &qf, &qpsi);
+    terms(q_top[i], p, x_top[i] - lse_z, lp_top[i], x_top[i], -lse_z, &qf, &qpsi);
     loss += qf;
     s += qpsi;
     qpsi_top[i] = qpsi;
@@ -49,7 +52,7 @@ TopkSums topk_categories(const CatParam<double>& c, int64_t k, const double* q_t
   double psi_rest = 0;
   if (q_rest > 0 && p_rest > 0) {
     double qf, qpsi;
-    terms(q_rest, p_rest, std::log(q_rest), std::log(p_rest), &qf, &qpsi);
+    terms(q_rest, p_rest, std::log(q_rest), std::log(p_rest), std::log(q_rest), 0.0, &qf, &qpsi);
     loss += qf;
     s += qpsi;
     psi_rest = finite_or_nan(qpsi / q_rest);
@@ -57,13 +60,14 @@ TopkSums topk_categories(const CatParam<double>& c, int64_t k, const double* q_t
   return {loss, finite_or_nan(s), psi_rest};
 }
 
+template <typename A>
 TopkSums categories(DivergenceSpec spec, int64_t k, const double* q_top, const double* x_top, const double* lp_top,
-                    double lse_z, double tol, double* qpsi_top) {
+                    double lse_z, double* qpsi_top) {
   const CatParam<double> c = make_cat_param(spec.param);
   switch (spec.kind) {
 #define FDIV_TOPK_CASE(name, id, Functor, ...) \
   case Divergence::name:                       \
-    return topk_categories<Functor>(c, k, q_top, x_top, lp_top, lse_z, tol, qpsi_top);
+    return topk_categories<Functor, A>(c, k, q_top, x_top, lp_top, lse_z, qpsi_top);
     FDIV_DIVERGENCES(FDIV_TOPK_CASE)
 #undef FDIV_TOPK_CASE
   }
@@ -93,7 +97,7 @@ FDIV_INLINE void topk_row(const FDivergenceTopkArgs& a, int64_t r, DivergenceSpe
     bad_index |= idx[i] < 0 || idx[i] >= v;
     mt = poison_max(mt, lp[i]);
   }
-  const SideExp<A> sz = row_poisoned(mt) || bad_index ? SideExp<A>{true, false, 0, 0, 0}
+  const SideExp<A> sz = row_poisoned(mt) || bad_index ? SideExp<A>{true, false, 0, 0, 0, 0, 0}
                                                       : side_exp(z, v, v, false, inv_t * kLog2e<A>, true, w.eq, w.bmax,
                                                                  w.bsum, w.btail, w.qscale);
   if (sz.poisoned) {  // NaN rule; an out-of-range index: NaN, never a wild read
@@ -115,8 +119,7 @@ FDIV_INLINE void topk_row(const FDivergenceTopkArgs& a, int64_t r, DivergenceSpe
     x_top[i] = double(load(z, idx[i]) * inv_t);
     lp_top[i] = lp[i];
   }
-  const double tol = double(cat_dead_zone<A>(A(sz.lse), A(0)));
-  const TopkSums sums = categories(spec, k, q_top, x_top, lp_top, sz.lse, tol, qpsi_top);
+  const TopkSums sums = categories<A>(spec, k, q_top, x_top, lp_top, sz.lse, qpsi_top);
   const A coef = scale * inv_t;
   const A rest = coef * finite_or_nan(A(sums.psi_rest - sums.s));
   for (int64_t b0 = 0; b0 < v; b0 += kBlock) {

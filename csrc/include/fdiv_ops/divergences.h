@@ -25,9 +25,9 @@
 //    cancellation (p l - p + q ~ q l^2/2 for forward_kl), so float32 evaluates q l^2 G(l/tau) and q l H(l/tau)
 //    with degree-7 polynomials G ~ f~/l^2 and H ~ psi~/l fitted on the host in float64 from the functor's own
 //    f and psi (make_cat_series, Chebyshev nodes, checked to 1e-9). float64 uses the closed forms throughout.
-// 3. total_variation has a dead zone: an entry with |l| <= tol counts as p = q (no loss, psi = 0), where
-//    tol = cat_dead_zone(LSE(student row), LSE(teacher row)) is a few ulps of the log-probabilities, so that
-//    p = q up to rounding gives a gradient of exactly 0 instead of +-q/2 from the sign of rounding noise.
+// 3. total_variation's psi has a dead zone: an entry with |l| <= tol counts as p = q (psi = 0), where
+//    tol = cat_dead_zone(x, y, shift) is a few ulps of the entry's own scaled logits, so that p = q up to
+//    rounding gives a gradient of exactly 0 instead of +-q/2 from the sign of rounding noise.
 // 4. Dropped entries (-inf on either side) contribute no loss and psi = 0, i.e. psi~ = c1.
 // M is the math policy (vec_math.h): VecMath in the CPU hot loops, StdMath on CUDA and for doubles.
 #pragma once
@@ -312,13 +312,14 @@ struct Jeffreys {  // f = (r-1) log r
   }
 };
 
-// The dead zone of total_variation (see 3. above): |l| <= tol counts as p = q. tol is kTvDeadZoneUlps
-// machine epsilons of the log-probabilities' magnitude, which the row's log-sum-exps set: an entry that
-// matters has |log q| <~ 16 + |LSE| on either side, and l = log p - log q carries a few of their ulps.
-constexpr double kTvDeadZoneUlps = 8.0;
+// The dead zone of total_variation's psi (see 3. above): |l| <= tol counts as p = q. An entry's log-ratio is formed
+// from its scaled logits x = z/T, y = t/T (or the teacher's log-prob) and the row's LSE difference,
+// l = (y - x) - (LSE(y) - LSE(x)), so when p = q up to rounding |l| is a few ulps of |x|, |y| and that
+// difference: tol = kTvDeadZoneUlps * eps * (1 + |x| + |y| + |LSE(y) - LSE(x)|), eps the machine epsilon.
+constexpr double kTvDeadZoneUlps = 4.0;
 template <typename T>
-FDIV_HD T cat_dead_zone(T lse_q, T lse_p) {
-  return T(kTvDeadZoneUlps) * machine_eps<T>() * (T(16) + fabs_(lse_q) + fabs_(lse_p));
+FDIV_HD T cat_dead_zone(T x, T y, T lse_shift) {
+  return T(kTvDeadZoneUlps) * machine_eps<T>() * (T(1) + fabs_(x) + fabs_(y) + fabs_(lse_shift));
 }
 
 struct TotalVariation {  // f = |r-1|/2; psi = -sign(r-1)/2 with sign(0) = 0, so p == q gives 0
@@ -341,12 +342,13 @@ struct TotalVariation {  // f = |r-1|/2; psi = -sign(r-1)/2 with sign(0) = 0, so
   static FDIV_HD T c1(T) {
     return T(0);
   }
-  // q f = |p - q| / 2, q psi = -q sign(l) / 2; both 0 in the dead zone |l| <= tol
+  // q f = |p - q| / 2 (as q |expm1(l)| / 2 near r = 1, exact for a tiny divergence), q psi = -q sign(l) / 2,
+  // 0 in the dead zone |l| <= tol (the loss has none: there it is rounding noise of size q tol at most).
   template <typename M, typename T>
   static FDIV_HD void cat(const CatPoint<T>& e, const CatParam<T>&, T* qf, T* qpsi) {
-    const bool dead = fabs_(e.l) <= e.tol;
-    *qf = dead ? T(0) : T(0.5) * fabs_(e.p - e.q);
-    *qpsi = dead ? T(0) : (e.l > T(0) ? T(-0.5) : T(0.5)) * e.q;
+    const T near = T(0.5) * e.q * fabs_(M::expm1(e.l));
+    *qf = fabs_(e.l) < T(0.5) ? near : T(0.5) * fabs_(e.p - e.q);
+    *qpsi = fabs_(e.l) <= e.tol ? T(0) : (e.l > T(0) ? T(-0.5) : T(0.5)) * e.q;
   }
 };
 
