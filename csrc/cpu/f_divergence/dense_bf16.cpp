@@ -3,6 +3,7 @@
 
 namespace fdiv_ops::fdiv_cpu {
 
-FDIV_DENSE_ROWS(cpu::bf16, bf16)
+using DenseT = cpu::bf16;
+FDIV_DENSE_TU(bf16)
 
 }  // namespace fdiv_ops::fdiv_cpu

@@ -3,6 +3,7 @@
 
 namespace fdiv_ops::fdiv_cpu {
 
-FDIV_DENSE_ROWS(cpu::f16, f16)
+using DenseT = cpu::f16;
+FDIV_DENSE_TU(f16)
 
 }  // namespace fdiv_ops::fdiv_cpu

@@ -3,6 +3,7 @@
 
 namespace fdiv_ops::fdiv_cpu {
 
-FDIV_DENSE_ROWS(float, f32)
+using DenseT = float;
+FDIV_DENSE_TU(f32)
 
 }  // namespace fdiv_ops::fdiv_cpu

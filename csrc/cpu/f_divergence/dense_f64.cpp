@@ -3,6 +3,7 @@
 
 namespace fdiv_ops::fdiv_cpu {
 
-FDIV_DENSE_ROWS(double, f64)
+using DenseT = double;
+FDIV_DENSE_TU(f64)
 
 }  // namespace fdiv_ops::fdiv_cpu

@@ -92,6 +92,7 @@ struct SideExp {
   double total;   // sum of the probabilities (1 for logits; sum exp(t) as given for log-probs)
   double tail;    // the part of total from entries j >= n_split
   double m, rel;  // lse = m ln 2 + log(rel) (logits): m the row maximum of x c2, rel the sum relative to it
+  bool neg_inf;   // some entry is -inf (pass C then takes its loop with the dropped-entry logic)
 };
 
 // Pass B for one side, x[0, n) with scale c2 = log2(e) / T, one block of kBlock entries at a time: the block's
@@ -106,12 +107,18 @@ FDIV_INLINE SideExp<A> side_exp(const T* x, int64_t n, int64_t n_split, bool sto
                                 A* bmax, A* bsum, A* btail, A* scale) {
   const int64_t nb = num_blocks(n);
   A row_m = -kInf<A>;
+  bool neg_inf = false;
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t b0 = b * kBlock, b1 = std::min(n, b0 + kBlock), s1 = std::max(b0, std::min(b1, n_split));
-    A bm = -kInf<A>;
-#pragma omp simd reduction(max : bm)
-    for (int64_t j = b0; j < b1; ++j) bm = poison_max(bm, load(x, j));
-    if (row_poisoned(bm)) return {true, false, 0, 0, 0, 0, 0};
+    A bm = -kInf<A>, bmin = kInf<A>;
+#pragma omp simd reduction(max : bm) reduction(min : bmin)
+    for (int64_t j = b0; j < b1; ++j) {
+      const A v = load(x, j);
+      bm = poison_max(bm, v);
+      bmin = v < bmin ? v : bmin;
+    }
+    if (row_poisoned(bm)) return {true, false, 0, 0, 0, 0, 0, false};
+    neg_inf |= bmin == -kInf<A>;
     A head = 0, tail = 0;
     if (bm == -kInf<A>) {  // a block of -inf: e = 0 (2^(-inf + inf) would be NaN)
       const int64_t s2 = store_tail ? b1 : s1;
@@ -142,7 +149,7 @@ FDIV_INLINE SideExp<A> side_exp(const T* x, int64_t n, int64_t n_split, bool sto
     btail[b] = tail;
     row_m = bmax[b] > row_m ? bmax[b] : row_m;
   }
-  if (row_m == -kInf<A>) return {false, true, 0, 0, 0, 0, 0};
+  if (row_m == -kInf<A>) return {false, true, 0, 0, 0, 0, 0, true};
   double rel = 0, rel_tail = 0;
   for (int64_t b = 0; b < nb; ++b) {
     const double f = std::exp2(double(bmax[b]) - double(row_m));  // 0 for a block of -inf
@@ -152,11 +159,11 @@ FDIV_INLINE SideExp<A> side_exp(const T* x, int64_t n, int64_t n_split, bool sto
   }
   if (normalise) {
     for (int64_t b = 0; b < nb; ++b) scale[b] = A(double(scale[b]) / rel);
-    return {false, false, double(row_m) * kLn2 + std::log(rel), 1.0, rel_tail / rel, double(row_m), rel};
+    return {false, false, double(row_m) * kLn2 + std::log(rel), 1.0, rel_tail / rel, double(row_m), rel, neg_inf};
   }
   const double top = std::exp2(double(row_m));
   for (int64_t b = 0; b < nb; ++b) scale[b] = A(std::exp2(double(bmax[b])));
-  return {false, false, 0.0, top * rel, top * rel_tail, double(row_m), rel};
+  return {false, false, 0.0, top * rel, top * rel_tail, double(row_m), rel, neg_inf};
 }
 
 template <typename T>
@@ -206,8 +213,9 @@ struct Prefetch {
 };
 
 // Pass C over the shared vocabulary [0, n): sum q f~, sum of the stored q psi~ (c1 q where dropped), and the
-// dropped masses; q psi~ replaces e_p in the scratch. q = e_q qscale[block], p = e_p pscale[block].
-template <typename T, typename Div, typename A = acc_t<T>>
+// dropped masses; q psi~ replaces e_p in the scratch. q = e_q qscale[block], p = e_p pscale[block]. Without
+// -inf entries in either row (kDrops false) every entry is kept and the selects go (7% of the kernel time).
+template <typename T, typename Div, bool kDrops, typename A = acc_t<T>>
 FDIV_INLINE TermSums dense_terms(const T* z, const T* t, int64_t n, const RowState<A>& rs, const CatParam<A>& param_in,
                                  const CatSeries<A>& series_in, const A* eq, const A* qscale, A* ep, const A* pscale,
                                  const Prefetch<T>& pf) {
@@ -227,7 +235,7 @@ FDIV_INLINE TermSums dense_terms(const T* z, const T* t, int64_t n, const RowSta
     for (int64_t j = b0; j < b1; ++j) {
       const A zr = load(z, j), tr = load(t, j);
       const A x = zr * inv_t, y = tr * t_scale;
-      const bool keep = (zr > -kInf<A>)&(tr > -kInf<A>);  // finite: NaN and +inf rows never get here
+      const bool keep = !kDrops || ((zr > -kInf<A>)&(tr > -kInf<A>));  // NaN and +inf rows never get here
       // y - x from the logits (t - z exact when they are close); no select on a loop invariant here: GCC
       // unswitches the loop on it and then leaves both copies scalar.
       const A d = (tr * t_mul - zr) * inv_t;
@@ -240,8 +248,10 @@ FDIV_INLINE TermSums dense_terms(const T* z, const T* t, int64_t n, const RowSta
       ep[j] = stored;
       loss += keep ? qf : A(0);
       s += stored;
-      dq += keep ? A(0) : q;
-      dp += keep ? A(0) : p;
+      if constexpr (kDrops) {
+        dq += keep ? A(0) : q;
+        dp += keep ? A(0) : p;
+      }
     }
     out.loss += static_cast<double>(loss);
     out.s += static_cast<double>(s);
@@ -299,9 +309,15 @@ FDIV_INLINE RowScratch<A> row_scratch(A* base, int64_t vs, int64_t nb) {
           base + 2 * vs + 4 * nb};
 }
 
+// Pass C of one divergence, both variants (with and without -inf entries), behind one pointer.
+template <typename T>
+using PassC = TermSums (*)(bool drops, const T* z, const T* t, int64_t n, const RowState<acc_t<T>>& rs,
+                           const CatParam<acc_t<T>>& param, const CatSeries<acc_t<T>>& series, const acc_t<T>* eq,
+                           const acc_t<T>* qscale, acc_t<T>* ep, const acc_t<T>* pscale, const Prefetch<T>& pf);
+
 template <typename T>
 FDIV_INLINE void dense_row(const FDivergenceArgs& a, int64_t r, bool has_next, const DenseSetup<acc_t<T>>& setup,
-                           const RowScratch<acc_t<T>>& w) {
+                           PassC<T> pass_c, const RowScratch<acc_t<T>>& w) {
   using A = acc_t<T>;
   const int64_t vs = a.student_vocab, vt = a.teacher_vocab, vc = std::min(vs, vt);
   const T* z = static_cast<const T*>(a.student) + r * vs;
@@ -322,7 +338,7 @@ FDIV_INLINE void dense_row(const FDivergenceArgs& a, int64_t r, bool has_next, c
   // Pass B, in base 2 (e = 2^(x c2 - m), c2 = log2(e)/T), with the block maxima and the NaN rule.
   const A c2 = inv_t * kLog2e<A>;
   const SideExp<A> sz = side_exp(z, vs, vc, true, c2, true, w.eq, w.bmax, w.bsum, w.btail, w.qscale);
-  SideExp<A> st{false, true, 0, 0, 0, 0, 0};
+  SideExp<A> st{false, true, 0, 0, 0, 0, 0, true};
   if (!sz.poisoned) {
     st = side_exp(t, vt, vc, false, logprobs ? kLog2e<A> : c2, !logprobs, w.ep, w.bmax, w.bsum, w.btail, w.pscale);
   }
@@ -347,16 +363,9 @@ FDIV_INLINE void dense_row(const FDivergenceArgs& a, int64_t r, bool has_next, c
   rs.lse_t = A(st.lse);
   rs.c1 = setup.c1;
   const Prefetch<T> pf{has_next ? z + vs : nullptr, t + vt, g};
-  // Pass C, the one divergence-specific loop.
-  TermSums sums{};
-  switch (setup.spec.kind) {
-#define FDIV_PASS_C(name, id, Functor, ...)                                                                      \
-  case Divergence::name:                                                                                         \
-    sums = dense_terms<T, Functor>(z, t, vc, rs, setup.param, setup.series, w.eq, w.qscale, w.ep, w.pscale, pf); \
-    break;
-    FDIV_DIVERGENCES(FDIV_PASS_C)
-#undef FDIV_PASS_C
-  }
+  // Pass C, the one divergence-specific loop (its own multiversioned function: see FDIV_DENSE_TU).
+  const TermSums sums =
+      pass_c(sz.neg_inf || st.neg_inf, z, t, vc, rs, setup.param, setup.series, w.eq, w.qscale, w.ep, w.pscale, pf);
   // The entries past the teacher's vocabulary (student-only) are dropped; those past the student's
   // (teacher-only) drop their teacher mass. loss = sum q f~ + c1 (sum_kept p - sum_kept q), with
   // sum_all q = 1 and sum_all p = 1 exactly for logits (St, as given, for log-probs).
@@ -384,13 +393,29 @@ FDIV_INLINE void dense_row(const FDivergenceArgs& a, int64_t r, bool has_next, c
   *loss_out = A(double(scale) * (loss + ce));
 }
 
-// One exported, multiversioned entry point per dtype: FDIV_DENSE_ROWS(float, f32) in dense_f32.cpp.
-#define FDIV_DENSE_ROWS(T, SUFFIX)                                                                     \
-  FDIV_CPU_CLONES void dense_rows_##SUFFIX(const FDivergenceArgs& a, int64_t begin, int64_t end,       \
-                                           const DenseSetup<acc_t<T>>& setup, acc_t<T>* scratch) {     \
-    const RowScratch<acc_t<T>> w =                                                                     \
-        row_scratch(scratch, a.student_vocab, num_blocks(std::max(a.student_vocab, a.teacher_vocab))); \
-    for (int64_t r = begin; r < end; ++r) dense_row<T>(a, r, r + 1 < end, setup, w);                   \
+// One translation unit per dtype: `using DenseT = float;` then FDIV_DENSE_TU(f32) (dense_f32.cpp). Each
+// divergence's pass C is its own multiversioned function (26 vectorised loops inlined into one function made
+// GCC 12 leave some of them scalar in the AVX-512 clone), the other passes live in dense_rows_<SUFFIX>.
+#define FDIV_PASS_C_FN(name, id, Functor, ...)                                                                   \
+  FDIV_CPU_CLONES TermSums pass_c_##name(                                                                        \
+      bool drops, const DenseT* z, const DenseT* t, int64_t n, const RowState<acc_t<DenseT>>& rs,                \
+      const CatParam<acc_t<DenseT>>& param, const CatSeries<acc_t<DenseT>>& series, const acc_t<DenseT>* eq,     \
+      const acc_t<DenseT>* qscale, acc_t<DenseT>* ep, const acc_t<DenseT>* pscale, const Prefetch<DenseT>& pf) { \
+    return drops ? dense_terms<DenseT, Functor, true>(z, t, n, rs, param, series, eq, qscale, ep, pscale, pf)    \
+                 : dense_terms<DenseT, Functor, false>(z, t, n, rs, param, series, eq, qscale, ep, pscale, pf);  \
+  }
+#define FDIV_PASS_C_PTR(name, ...) &pass_c_##name,
+#define FDIV_DENSE_TU(SUFFIX)                                                                                \
+  namespace {                                                                                                \
+  FDIV_DIVERGENCES(FDIV_PASS_C_FN)                                                                           \
+  const PassC<DenseT> kPassC[kNumDivergences] = {FDIV_DIVERGENCES(FDIV_PASS_C_PTR)};                         \
+  }                                                                                                          \
+  FDIV_CPU_CLONES void dense_rows_##SUFFIX(const FDivergenceArgs& a, int64_t begin, int64_t end,             \
+                                           const DenseSetup<acc_t<DenseT>>& setup, acc_t<DenseT>* scratch) { \
+    const RowScratch<acc_t<DenseT>> w =                                                                      \
+        row_scratch(scratch, a.student_vocab, num_blocks(std::max(a.student_vocab, a.teacher_vocab)));       \
+    const PassC<DenseT> pass_c = kPassC[static_cast<int>(setup.spec.kind)];                                  \
+    for (int64_t r = begin; r < end; ++r) dense_row<DenseT>(a, r, r + 1 < end, setup, pass_c, w);            \
   }
 
 }  // namespace fdiv_ops::fdiv_cpu

@@ -97,7 +97,7 @@ FDIV_INLINE void topk_row(const FDivergenceTopkArgs& a, int64_t r, DivergenceSpe
     bad_index |= idx[i] < 0 || idx[i] >= v;
     mt = poison_max(mt, lp[i]);
   }
-  const SideExp<A> sz = row_poisoned(mt) || bad_index ? SideExp<A>{true, false, 0, 0, 0, 0, 0}
+  const SideExp<A> sz = row_poisoned(mt) || bad_index ? SideExp<A>{true, false, 0, 0, 0, 0, 0, false}
                                                       : side_exp(z, v, v, false, inv_t * kLog2e<A>, true, w.eq, w.bmax,
                                                                  w.bsum, w.btail, w.qscale);
   if (sz.poisoned) {  // NaN rule; an out-of-range index: NaN, never a wild read

@@ -76,8 +76,8 @@ template <typename M, typename T>
 FDIV_HD void cat_log_mix(T l, T log_a, T log1m_a, T* lm, T* l_minus_lm) {
   const T x1 = log_a + l, x0 = log1m_a;
   const bool top = x1 >= x0;
-  const T gap = top ? x0 - x1 : x1 - x0;  // <= 0 (-inf at an endpoint)
-  const T sp = M::log1p(M::exp(gap));
+  const T gap = top ? x0 - x1 : x1 - x0;        // <= 0 (-inf at an endpoint)
+  const T sp = M::log1p_unit(M::exp_neg(gap));  // log(1 + e^gap), e^gap in [0, 1]
   *lm = (top ? x1 : x0) + sp;
   *l_minus_lm = (top ? -log_a : l - log1m_a) - sp;
 }
