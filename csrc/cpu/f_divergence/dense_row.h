@@ -2,29 +2,37 @@
 // categorical numerics: include/fdiv_ops/divergences.h). One OpenMP thread per block of rows; per row r with
 // student logits z (Vs), teacher t (Vt), Vc = min(Vs, Vt), x = z/T, y = t/T (y = t for teacher log-probs):
 //
-//   pass A  row maxima mz, mt (NaN counted as +inf: a NaN or +inf entry makes the row NaN, row_math.h)
-//   pass B  e_q = exp(x - mz), e_p = exp(y - mt), stored in a per-thread scratch row (2 Vs values, in L2),
-//           Sz = sum e_q, St = sum e_p (every row sum: float within blocks of 512 entries, float64 across)
-//   pass C  q = e_q / Sz, p = e_p / St, l = log(p/q) = (t - z)/T - (LSE(y) - LSE(x)) (from the logits, so a
-//           common rounding of the two LSEs shifts every l alike and moves the loss only at second order);
-//           loss = sum q f~ and S = sum q psi~ (shifted forms + near-r = 1 polynomials, divergences.h);
-//           q psi~ overwrites e_p in the scratch
+//   pass B  per block of 512 entries: the block maximum bm (NaN counted as +inf: a NaN or +inf entry makes the
+//           row NaN, row_math.h) and minimum (is there a -inf?), then e = 2^((x - bm) log2 e) over the same
+//           entries from L1, stored in a per-thread scratch row (e_q and e_p, Vs each); afterwards per-block
+//           scales turn e into probabilities (q = e_q qscale_b, p = e_p pscale_b) and give LSE(x), LSE(y)
+//   pass C  l = log(p/q) = (t - z)/T - (LSE(y) - LSE(x)), from the logits (a common rounding of the LSEs then
+//           shifts every l alike, which moves the shifted loss only at second order); loss = sum q f~ and
+//           S = sum q psi~ (shifted forms, near-r = 1 polynomials, divergences.h); q psi~ overwrites e_p.
+//           One multiversioned function per divergence, with and without the dropped-entry (-inf) logic.
 //   pass D  grad_j = scale/T (q psi~_j - q_j S)  (dropped and student-only entries: q psi~ = c1 q), written once
 //   hard term (labels): + w (LSE_1(z) - z_y) in the loss, + scale w (softmax(z)_j - [j=y]) in pass D, with
-//           LSE_1 at temperature 1 (one more exp pass over z only when T != 1)
-// Transcendentals per element (float32, teacher logits), before -> after this kernel:
-//   pass 1/A+B  2 exp (one per side) -> 2 exp; pass 2/C: forward_kl 1 exp -> 0, reverse_kl 1 exp -> 0,
-//   js / gkd_jsd 3 exp + 1 log -> 1 exp + 1 log1p; pass 3/D: forward_kl 2 exp -> 0, reverse_kl 1 exp -> 0,
-//   js / gkd_jsd 2 exp + 1 log -> 0. Totals: forward_kl 5 -> 2, reverse_kl 4 -> 2, js / gkd_jsd 9 -> 4.
-//   (Others in pass C: squared_hellinger 2 sqrt, jeffreys and total_variation 0, softened_rkl and skew_* 1 exp
-//   + 1 log1p, pearson/neyman 2 exp, alpha 3 exp.) Teacher log-probs: no teacher max pass, 1 exp per entry.
-// Bytes per row: pass A reads z and t (the only DRAM reads), B re-reads them and writes 2 scratch rows, C reads
-// z, t and the scratch and rewrites one scratch row, D reads the scratch and writes the gradient (the only
-// DRAM write). For fp32 and V = 32000 the row pair and scratch are 512 KB, inside a core's L2.
-// In place: grad may alias the student row: passes A-C read all of z before pass D writes, and pass D reads z_j
-// (hard term at T != 1) before it writes g_j.
-// Every hot loop is `#pragma omp simd`, branch-free, inlined into a target_clones function per dtype (the
-// divergence switch picks one of 13 inlined pass-C loops per row, never per element).
+//           LSE_1 at temperature 1 (a max and an exp pass over z only when T != 1)
+// Row sums: float within a block of 512 entries (so every loop vectorises at the full float width), float64
+// across blocks.
+// Transcendentals per element (float32, teacher logits), before (three passes, max + exp for the LSEs, the
+// categorical forms from log-probabilities in passes 2 and 3) -> after:
+//   LSE pass    2 exp (one per side)              -> 2 exp2 (one per side, pass B)
+//   loss pass   forward_kl 1 exp, reverse_kl 1 exp, js / gkd_jsd 3 exp + 1 log1p
+//               -> forward_kl 0, reverse_kl 0, js / gkd_jsd 1 exp + 1 log1p (on [0, 1], pass C)
+//   grad pass   forward_kl 2 exp, reverse_kl 1 exp, js / gkd_jsd 2 exp + 1 log1p -> 0 for all (pass D)
+//   totals      forward_kl 5 -> 2, reverse_kl 4 -> 2, js / gkd_jsd 9 -> 4 per element.
+//   (Pass C of the others: squared_hellinger 2 sqrt, jeffreys 0, total_variation 1 expm1, softened_rkl and
+//   skew_* 1 exp + 1 log1p, pearson/neyman 2 exp, alpha 3 exp.) Teacher log-probs: 1 exp2 per teacher entry,
+//   no max, no LSE.
+// Bytes per row: pass B reads z and t once from memory (the next row's are prefetched into L2 during this
+// row's pass C, and this row's gradient too) and writes the 2 scratch rows; C reads z, t and the scratch from
+// L2 and rewrites one scratch row; D reads the scratch and writes the gradient. For fp32 and V = 32000 the row
+// pair and the scratch are 512 KB, inside a core's L2; memory sees one read of each input and one write of
+// the gradient.
+// In place: grad may alias the student row: passes B and C read all of z before pass D writes, and pass D
+// reads z_j (hard term at T != 1) before it writes g_j.
+// Every hot loop is `#pragma omp simd`, branch-free, inside target_clones functions (x86-64-v4/v3/baseline).
 #pragma once
 
 #include <algorithm>
