@@ -42,29 +42,12 @@ def restore_threads():
 
 
 def test_gmm_f_distill_smoke(gmm, tmp_path, restore_threads):
-    argv = [
-        "--out",
-        str(tmp_path),
-        "--seed",
-        "3",
-        "--steps",
-        "15",
-        "--warmup-steps",
-        "5",
-        "--batch-size",
-        "64",
-        "--eval-samples",
-        "400",
-        "--energy-samples",
-        "200",
-        "--time-bins",
-        "4",
-        "--gan-weight",
-        "0.01",
-    ]
-    result = gmm.main(argv)
+    # the default code path (no time bins, no GAN term, the default batch and evaluation sizes): only the step
+    # counts are smaller
+    result = gmm.main(["--out", str(tmp_path), "--seed", "3", "--steps", "15", "--warmup-steps", "5"])
     written = json.loads((tmp_path / "gmm_f_distill.json").read_text())
     assert written == json.loads(json.dumps(result))
+    assert written["config"]["time_bins"] == 0 and written["config"]["gan_weight"] == 0.0
     assert list(written["divergences"]) == ["reverse_kl", "js", "forward_kl", "squared_hellinger"]
     for name, metrics in written["divergences"].items():
         assert set(metrics) == {"mode_recall", "precision", "energy_distance"}, name
@@ -73,6 +56,15 @@ def test_gmm_f_distill_smoke(gmm, tmp_path, restore_threads):
         assert metrics["energy_distance"] >= 0.0  # the V-statistic is a squared distance
     png = tmp_path / "gmm_f_distill.png"
     assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gmm_f_distill_optional_paths(gmm, tmp_path, restore_threads):
+    # the paths off by default: ratio binned by time (over log sigma) and the generator's GAN term
+    argv = ["--out", str(tmp_path), "--steps", "5", "--warmup-steps", "2", "--batch-size", "64"]
+    argv += ["--eval-samples", "400", "--energy-samples", "200", "--time-bins", "4", "--gan-weight", "0.01"]
+    result = gmm.main([*argv, "--divergences", "js", "forward_kl"])
+    for name, metrics in result["divergences"].items():
+        assert all(math.isfinite(v) for v in metrics.values()), (name, metrics)
 
 
 def test_gmm_teacher_x0_prediction_is_tweedie(gmm):
@@ -142,8 +134,8 @@ def _fdpg_setup(fdpg, seed=0, **overrides):
 
 
 def test_fdpg_toy_smoke(fdpg, tmp_path, restore_threads):
-    argv = ["--out", str(tmp_path), "--seed", "1", "--steps", "12", "--eval-every", "5", "--batch-size", "16"]
-    result = fdpg.main(argv)
+    # the default code path (FDPG's running log Z, the default batch and evaluation cadence): fewer steps only
+    result = fdpg.main(["--out", str(tmp_path), "--seed", "1", "--steps", "45"])
     written = json.loads((tmp_path / "fdpg_toy.json").read_text())
     assert written == json.loads(json.dumps(result))
     assert list(written["divergences"]) == ["reverse_kl", "forward_kl", "js", "total_variation"]
@@ -153,7 +145,7 @@ def test_fdpg_toy_smoke(fdpg, tmp_path, restore_threads):
         assert metrics["kl_p_pi"] >= 0 and metrics["kl_pi_p"] >= 0
         assert 0.0 <= metrics["constraint_satisfaction"] <= 1.0
         assert 0.0 < metrics["entropy"] <= math.log(6**4) + 1e-6
-        assert written["history"][name]["step"] == [0, 5, 10, 12]
+        assert written["history"][name]["step"] == [0, 20, 40, 45]
     png = tmp_path / "fdpg_toy.png"
     assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -245,38 +237,9 @@ def kd():
     return load_example("kd_tiny_lm")
 
 
-KD_TINY = [
-    "--vocab",
-    "64",
-    "--branching",
-    "4",
-    "--length",
-    "8",
-    "--train-sequences",
-    "64",
-    "--heldout-sequences",
-    "16",
-    "--teacher-width",
-    "16",
-    "--teacher-layers",
-    "1",
-    "--student-width",
-    "8",
-    "--student-layers",
-    "1",
-    "--teacher-steps",
-    "5",
-    "--student-steps",
-    "3",
-    "--batch-size",
-    "4",
-    "--chunk-size",
-    "8",
-]
-
-
 def test_kd_tiny_lm_smoke(kd, tmp_path, restore_threads):
-    result = kd.main(["--out", str(tmp_path), "--seed", "1", *KD_TINY])
+    # the default code path (default language, models, batch, chunking and the memory probe): fewer steps only
+    result = kd.main(["--out", str(tmp_path), "--seed", "1", "--teacher-steps", "3", "--student-steps", "2"])
     written = json.loads((tmp_path / "kd_tiny_lm.json").read_text())
     assert written == json.loads(json.dumps(result))
     assert list(written["divergences"]) == ["forward_kl", "reverse_kl", "gkd_jsd(0.5)"]

@@ -6,36 +6,11 @@ import math
 import fdiv_ops
 import pytest
 import torch
+from divergence_cases import ALL, IDS  # every divergence of fdiv_ops.DIVERGENCES
 from fdiv_ops import _C
 from fdiv_ops import reference as ref
-from fdiv_ops._backend import DTYPE_CODES
+from torch.utils.dlpack import to_dlpack
 
-ALL = [
-    "forward_kl",
-    "reverse_kl",
-    "js",
-    "squared_hellinger",
-    "softened_rkl",
-    "jeffreys",
-    "total_variation",
-    "pearson_chi2",
-    "neyman_chi2",
-    fdiv_ops.gkd_jsd(0.0),
-    fdiv_ops.gkd_jsd(0.1),
-    fdiv_ops.gkd_jsd(0.5),
-    fdiv_ops.gkd_jsd(0.9),
-    fdiv_ops.gkd_jsd(1.0),
-    fdiv_ops.alpha(-0.5),
-    fdiv_ops.alpha(0.5),
-    fdiv_ops.alpha(2.0),
-    fdiv_ops.skew_forward_kl(0.0),
-    fdiv_ops.skew_forward_kl(0.1),
-    fdiv_ops.skew_forward_kl(1.0),
-    fdiv_ops.skew_reverse_kl(0.0),
-    fdiv_ops.skew_reverse_kl(0.1),
-    fdiv_ops.skew_reverse_kl(1.0),
-]
-IDS = [str(d) for d in ALL]
 BOUNDED = [d for d in ALL if fdiv_ops.resolve(d).name not in ("pearson_chi2", "neyman_chi2", "alpha")]
 
 
@@ -87,14 +62,12 @@ def test_categorical_forms_match_reference_grid(divergence, dtype):
     qf, qpsi = torch.empty_like(lq, dtype=dtype), torch.empty_like(lq, dtype=dtype)
     lq_in, lp_in = lq.to(dtype), lp.to(dtype)
     _C.categorical_eval(
-        lq_in.data_ptr(),
-        lp_in.data_ptr(),
-        DTYPE_CODES[dtype],
-        lq.numel(),
-        d.kernel_id,
-        d.kernel_param,
-        qf.data_ptr(),
-        qpsi.data_ptr(),
+        log_q=to_dlpack(lq_in),
+        log_p=to_dlpack(lp_in),
+        qf=to_dlpack(qf),
+        qpsi=to_dlpack(qpsi),
+        kind=d.kernel_id,
+        param=d.kernel_param,
     )
     q, ratio = lq.exp(), lp - lq
     want_qf, want_qpsi = q * ref.f(d, ratio), q * ref.psi(d, ratio)
@@ -110,14 +83,12 @@ def test_categorical_forms_match_reference_grid(divergence, dtype):
     far = torch.tensor([-1e4, -200.0, 0.0], dtype=dtype)
     lq, lp = (g.reshape(-1).contiguous() for g in torch.meshgrid(far, far, indexing="ij"))
     _C.categorical_eval(
-        lq.data_ptr(),
-        lp.data_ptr(),
-        DTYPE_CODES[dtype],
-        lq.numel(),
-        d.kernel_id,
-        d.kernel_param,
-        qf[:9].data_ptr(),
-        qpsi[:9].data_ptr(),
+        log_q=to_dlpack(lq),
+        log_p=to_dlpack(lp),
+        qf=to_dlpack(qf[:9]),
+        qpsi=to_dlpack(qpsi[:9]),
+        kind=d.kernel_id,
+        param=d.kernel_param,
     )
     assert not torch.isnan(qf[:9]).any() and not torch.isnan(qpsi[:9]).any()
     if d in [fdiv_ops.resolve(b) for b in BOUNDED]:
@@ -134,7 +105,10 @@ def test_gkd_jsd_is_a_drop_in_for_trl(beta, with_labels, dtype, device):
     labels = labels if with_labels else None
     loss, grad = _fused(student, teacher, divergence=fdiv_ops.gkd_jsd(beta), temperature=2.0, labels=labels)
     s = student.detach().clone().requires_grad_()
-    want = ref.trl_generalized_jsd_loss(s, teacher, labels, beta, 2.0, reduction="batchmean")
+    # TRL 1.x's batchmean without labels divides by size(0) (fdiv_ops.integrations.trl maps that); the core
+    # op divides by the rows, TRL's sum over num_items_in_batch = B * S
+    rows = None if with_labels else s.shape[0] * s.shape[1]
+    want = ref.trl_generalized_jsd_loss(s, teacher, labels, beta, 2.0, reduction="batchmean", num_items_in_batch=rows)
     want.backward()
     _close(loss, want.detach().double(), dtype)
     _close(grad, s.grad.double(), dtype)
@@ -334,7 +308,9 @@ def test_gradcheck_float64():
 
 
 def test_opcheck():
-    from fdiv_ops.ops.f_divergence import _dense_op, _topk_op
+    from fdiv_ops.ops.f_divergence import dense_op, topk_op
+
+    _dense_op, _topk_op = dense_op.op, topk_op.op
 
     # float64 scales the saved gradient out of place; float32 scales it in place, which mutates an output
     # the AOT-dispatch comparison reads after backward, so float32 runs the other checks only.
@@ -345,11 +321,11 @@ def test_opcheck():
         kw = {} if utils is None else {"test_utils": utils}
         student, teacher = _logits((4, 33), dtype).requires_grad_(), _logits((4, 40), dtype)
         scale = torch.full((4,), 0.25, dtype=dtype)
-        torch.library.opcheck(_dense_op, (student, teacher, scale, 3, 0.5, 0.5, False), **kw)
-        torch.library.opcheck(_dense_op, (student, teacher, scale, 1, 0.0, 1.0, True), **kw)
+        torch.library.opcheck(_dense_op, dense_op.op_args(student, teacher, scale, 3, 0.5, 0.5, False), **kw)
+        torch.library.opcheck(_dense_op, dense_op.op_args(student, teacher, scale, 1, 0.0, 1.0, True), **kw)
         indices = torch.randperm(33)[:5].repeat(4, 1)
         logprobs = torch.log(torch.full((4, 5), 0.1, dtype=dtype))
-        torch.library.opcheck(_topk_op, (student, indices, logprobs, scale, 0, 0.0, 1.0), **kw)
+        torch.library.opcheck(_topk_op, topk_op.op_args(student, indices, logprobs, scale, 0, 0.0, 1.0), **kw)
 
 
 def test_torch_compile_fullgraph():

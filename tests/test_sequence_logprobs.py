@@ -1,11 +1,17 @@
 """sequence_logprobs and fused_linear_sequence_logprobs against log_softmax + gather in float64 (values and
 gradients), their registration (opcheck, torch.compile), awkward inputs and errors."""
 
+import math
+
 import fdiv_ops
 import pytest
 import torch
 from fdiv_ops import reference as ref
-from fdiv_ops.ops.sequence_logprobs import _linear_backward_op, _linear_op, _seq_backward_op, _seq_op
+from fdiv_ops.ops.sequence_logprobs import linear_backward_op, linear_op, seq_backward_op, seq_op
+
+_seq_op, _seq_backward_op, _linear_op, _linear_backward_op = (
+    o.op for o in (seq_op, seq_backward_op, linear_op, linear_backward_op)
+)
 
 
 def _inputs(shape, vocab, dtype=torch.float64, device="cpu", scale=3.0, ignore_frac=0.2):
@@ -194,6 +200,91 @@ def test_labels_out_of_range_give_nan_on_cuda():
     assert torch.isnan(out[1, 2]) and torch.isfinite(out[0]).all() and (z.grad[1, 2] == 0).all()
 
 
+def _peaked_truth(logits, labels):
+    """(log p(label), entropy) of each row from exact sums (math.fsum) in float64: the float64 log_softmax
+    itself loses the ~1e-10 entropy of a sharply peaked row (its log S = log(1 + 1e-11) carries 1e-16)."""
+    lps, ents = [], []
+    for row, y in zip(logits.double().cpu(), labels.cpu().tolist()):
+        d = (row - row.max()).tolist()
+        rest = math.fsum(math.exp(v) for v in d if v < 0)
+        ones = sum(1 for v in d if v == 0)
+        w = math.fsum(math.exp(v) * v for v in d)
+        log_s = math.log1p(ones - 1 + rest)
+        lps.append(d[y] - log_s)
+        ents.append(log_s - w / (ones + rest))
+    return torch.tensor(lps, dtype=torch.float64), torch.tensor(ents, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_entropy_of_sharply_peaked_rows(dtype, device):
+    # S = 1 + 1e-11 rounded to 1 in float32 and the entropy (~1e-10) was lost: relative error 3e-2 (eager's
+    # float32 is as bad). S is now kept as (terms equal to the max) + (the rest): no rounding, no cancellation.
+    logits = 3.0 * torch.randn(6, 3000, dtype=torch.float64)
+    peak = torch.tensor([20.0, 25.0, 30.0, 35.0, 40.0, 40.0], dtype=torch.float64)
+    logits[torch.arange(6), torch.tensor([0, 17, 1024, 2047, 2999, 5])] = peak
+    logits[5, 6] = 40.0  # two equal maxima
+    logits = logits.to(dtype)
+    labels = torch.tensor([0, 3, 1024, 9, 2999, 6])
+    lp, ent = fdiv_ops.sequence_logprobs(logits.to(device), labels.to(device), return_entropy=True)
+    want_lp, want_ent = _peaked_truth(logits, labels)
+    assert (want_ent > 0).all() and want_ent[4] < 1e-10  # from 5e-3 down to 2e-11; the last row: log 2
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(ent.double().cpu(), want_ent, rtol=rtol, atol=0)
+    torch.testing.assert_close(lp.double().cpu(), want_lp, rtol=rtol, atol=1e-30)
+
+
+def test_nan_logits_make_exactly_their_row_nan(device):
+    logits, labels = _inputs((7,), 2053, torch.float32, device, ignore_frac=0.0)
+    logits[0, 0] = float("nan")  # first entry
+    logits[1, 1000] = float("nan")  # middle
+    logits[2, -1] = float("nan")  # last
+    logits[3] = float("-inf")
+    logits[3, 7] = float("nan")  # NaN among -inf only: a max that skipped it would see an empty row
+    logits[4, 3] = float("nan")
+    labels[4] = -100  # ignored rows are never read: 0 and 0 whatever they hold
+    nan_rows = torch.tensor([True, True, True, True, False, False, False], device=device)
+    z = logits.clone().requires_grad_()
+    lp, ent = fdiv_ops.sequence_logprobs(z, labels, return_entropy=True)
+    (lp.nan_to_num() * 0.5 + ent.nan_to_num()).sum().backward()
+    assert torch.isnan(lp[nan_rows]).all() and torch.isnan(ent[nan_rows]).all()
+    assert torch.isnan(z.grad[nan_rows]).all()  # every entry of those rows
+    assert lp[4] == 0 and ent[4] == 0 and (z.grad[4] == 0).all()
+    keep = torch.tensor([5, 6], device=device)
+    upstream = [
+        torch.full((2,), 0.5, dtype=torch.float64, device=device),
+        torch.ones(2, dtype=torch.float64, device=device),
+    ]
+    want_outs, want_grad = _reference(logits[keep], labels[keep], upstream, return_entropy=True)
+    torch.testing.assert_close(lp[keep].double(), want_outs[0], **TOL[torch.float32])
+    torch.testing.assert_close(ent[keep].double(), want_outs[1], **TOL[torch.float32])
+    torch.testing.assert_close(z.grad[keep].double(), want_grad, **TOL[torch.float32])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_matches_cpu_with_nan_rows_odd_vocab_and_shifted_views(dtype):
+    # Odd V and a shifted (B, T-1, V) view: rows start at every offset, so vec_loop's head and tail run.
+    logits, labels = _inputs((3, 6), 1271, torch.float32)
+    logits[0, 2, 600] = float("nan")
+    logits = logits.to(dtype)
+    out = []
+    for device in ("cpu", "cuda"):
+        z = logits.to(device).requires_grad_()
+        lp, ent = fdiv_ops.sequence_logprobs(z[:, :-1], labels[:, 1:].to(device), return_entropy=True)
+        (lp.nan_to_num() + 0.3 * ent.nan_to_num()).sum().backward()
+        out.append((lp.cpu(), ent.cpu(), z.grad.cpu()))
+    (cpu_lp, cpu_ent, cpu_grad), (gpu_lp, gpu_ent, gpu_grad) = out
+    tol = dict(rtol=1e-5, atol=2e-6, equal_nan=True)
+    torch.testing.assert_close(gpu_lp, cpu_lp, **tol)
+    torch.testing.assert_close(gpu_ent, cpu_ent, **tol)
+    assert torch.equal(torch.isnan(gpu_grad), torch.isnan(cpu_grad)) and torch.isnan(cpu_grad[0, 2]).all()
+    torch.testing.assert_close(
+        gpu_grad.double(),
+        cpu_grad.double(),
+        **(tol if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-3, equal_nan=True)),
+    )
+
+
 @pytest.mark.parametrize(
     "call, error, message",
     [
@@ -233,20 +324,23 @@ def test_bad_input_names_the_argument(call, error, message):
 def test_opcheck():
     logits, labels = _inputs((2, 3), 9, torch.float32)
     logits.requires_grad_()
-    torch.library.opcheck(_seq_op, (logits, labels, -100, 0.9, True))
-    torch.library.opcheck(_seq_op, (logits, labels, -100, 1.0, False))
-    _, ent, stats = _seq_op(logits.detach(), labels, -100, 0.9, True)
-    torch.library.opcheck(_seq_backward_op, (logits.detach(), labels, stats, ent, torch.randn(2, 3), None, -100, 0.9))
+    torch.library.opcheck(_seq_op, seq_op.op_args(logits, labels, -100, 0.9, True))
+    torch.library.opcheck(_seq_op, seq_op.op_args(logits, labels, -100, 1.0, False))
+    _, ent, stats = seq_op(logits.detach(), labels, -100, 0.9, True)
+    torch.library.opcheck(
+        _seq_backward_op,
+        seq_backward_op.op_args(logits.detach(), labels, stats, ent, torch.randn(2, 3), None, -100, 0.9),
+    )
     hidden = torch.randn(6, 4, requires_grad=True)
     weight = torch.randn(9, 4, requires_grad=True)
     bias = torch.randn(9, requires_grad=True)
     flat = labels.reshape(-1)
-    torch.library.opcheck(_linear_op, (hidden, weight, bias, flat, -100, 1.0, True, 4))
-    torch.library.opcheck(_linear_op, (hidden, weight, None, flat, -100, 1.0, False, 2))
-    _, ent, stats = _linear_op(hidden.detach(), weight.detach(), bias.detach(), flat, -100, 1.0, True, 4)
+    torch.library.opcheck(_linear_op, linear_op.op_args(hidden, weight, bias, flat, -100, 1.0, True, 4))
+    torch.library.opcheck(_linear_op, linear_op.op_args(hidden, weight, None, flat, -100, 1.0, False, 2))
+    _, ent, stats = linear_op(hidden.detach(), weight.detach(), bias.detach(), flat, -100, 1.0, True, 4)
     torch.library.opcheck(
         _linear_backward_op,
-        (
+        linear_backward_op.op_args(
             hidden.detach(),
             weight.detach(),
             bias.detach(),
@@ -263,7 +357,9 @@ def test_opcheck():
     )
     torch.library.opcheck(
         _linear_backward_op,
-        (hidden.detach(), weight.detach(), None, flat, stats, ent, torch.randn(6), None, -100, 1.0, 4, False),
+        linear_backward_op.op_args(
+            hidden.detach(), weight.detach(), None, flat, stats, ent, torch.randn(6), None, -100, 1.0, 4, False
+        ),
     )
 
 

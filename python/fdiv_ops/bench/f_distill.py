@@ -2,16 +2,20 @@
 
 Memory-bound: a fused forward+backward must read x, teacher_x0 and fake_x0 once and write the gradient
 to x once, 4·B·D elements (the B×K logits are negligible). The divergence is js (with discriminator
-logits, so the weighting h(r) is exercised), the f-distill paper's best on ImageNet-64.
+logits, so the weighting h(r) is exercised), the f-distill paper's best on ImageNet-64. Baselines: the
+DMD2 / FastGen eager generator loss (``torch``, ``compile``); TRL and Liger-Kernel have no such loss.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 import fdiv_ops
 from fdiv_ops import reference
 
+from . import idioms
 from .spec import Case, Inputs, OpBench
 
 _HEADS = 4  # discriminator heads averaged into the log-ratio
@@ -22,9 +26,11 @@ _DIVERGENCE = "js"
 _SHAPES = {
     ("tiny", "cpu"): [(2, 2, 8, 8)],
     ("quick", "cpu"): [(64, 4, 64, 64)],
+    ("headline", "cpu"): [(64, 4, 64, 64)],
     ("full", "cpu"): [(16, 4, 64, 64), (64, 4, 64, 64), (16, 4, 128, 128), (64, 16, 128, 128)],
     ("tiny", "cuda"): [(2, 2, 8, 8)],
     ("quick", "cuda"): [(64, 4, 64, 64), (64, 16, 128, 128)],
+    ("headline", "cuda"): [(64, 16, 128, 128)],
     ("full", "cuda"): [(64, 4, 64, 64), (64, 16, 128, 128), (32, 4, 512, 512), (128, 16, 128, 128)],
 }
 
@@ -55,10 +61,18 @@ def _fused(case: Case):
 def _reference(case: Case):
     divergence = case.params["divergence"]
 
-    def eager(x, teacher, fake, logits):
+    def oracle(x, teacher, fake, logits):
         return reference.f_distill_loss(x, teacher, fake, logits, divergence=divergence)
 
-    return eager
+    return oracle
+
+
+def _idiomatic(case: Case):
+    return idioms.dmd_generator_loss(case.params["divergence"])
+
+
+def _trl(case: Case):
+    return "TRL has no distribution-matching (f-distill / DMD) loss"
 
 
 def _liger(case: Case, device: torch.device):
@@ -79,7 +93,10 @@ BENCH = OpBench(
     cases=_cases,
     make_inputs=_make_inputs,
     fused=_fused,
-    reference=_reference,
+    idiomatic=_idiomatic,
+    trl=_trl,
     liger=_liger,
+    reference=_reference,
     bytes_moved=_bytes_moved,
+    oracle_numel=lambda case: math.prod(case.shape),
 )

@@ -1,9 +1,10 @@
 """f_divergence_loss (docs/math.md §3): token-level distillation on logits, rows × vocabulary.
 
 Memory-bound: a fused forward+backward must read the student and teacher logits once and write the
-student's gradient once, 3·rows·V elements. Divergences: forward_kl (the quick preset), then reverse_kl and
-gkd_jsd(0.5), the three the op's CPU targets name. Until ``fdiv_ops.f_divergence_loss`` exists the registry
-leaves this op out; nothing here touches the op at import time.
+student's gradient once, 3·rows·V elements. Divergences: forward_kl and gkd_jsd(0.5) (TRL GKD's default
+beta), plus reverse_kl in the full preset. Baselines: F.kl_div on log_softmax / TRL GKD's expression
+(``torch``, ``compile``), TRL's own ``generalized_jsd_loss`` (``trl``), LigerKLDIVLoss / LigerJSD (``liger``).
+The headline preset is the size Liger-Kernel publishes for its JSD (8192 rows x 131072).
 """
 
 from __future__ import annotations
@@ -13,17 +14,21 @@ import torch
 import fdiv_ops
 from fdiv_ops import reference
 
-from .spec import Case, Inputs, OpBench
+from . import idioms, peers
+from .spec import Case, Impl, Inputs, OpBench
 
 _SIZES = {  # (rows, V) per (preset, device); rows = B·T tokens
     ("tiny", "cpu"): [(8, 257)],
     ("quick", "cpu"): [(64, 32000)],
+    ("headline", "cpu"): [(64, 32000)],
     ("full", "cpu"): [(512, 32000), (2048, 32000)],
     ("tiny", "cuda"): [(8, 257)],
     ("quick", "cuda"): [(4096, 32000)],
+    ("headline", "cuda"): [(8192, 131072)],
     ("full", "cuda"): [(4096, 32000), (8192, 32000), (8192, 131072)],
 }
-_DIVERGENCES = {"tiny": ["forward_kl"], "quick": ["forward_kl"], "full": ["forward_kl", "reverse_kl", "gkd_jsd(0.5)"]}
+_TWO = ["forward_kl", "gkd_jsd(0.5)"]
+_DIVERGENCES = {"tiny": _TWO, "quick": _TWO, "headline": _TWO, "full": ["forward_kl", "reverse_kl", "gkd_jsd(0.5)"]}
 
 
 def _cases(preset: str, device: torch.device) -> list[Case]:
@@ -47,15 +52,31 @@ def _fused(case: Case):
 
 
 def _reference(case: Case):
-    eager_loss = getattr(reference, "f_divergence_loss", None)
-    if eager_loss is None:
+    reference_loss = getattr(reference, "f_divergence_loss", None)
+    if reference_loss is None:
         return None
     divergence = case.params["divergence"]
 
-    def eager(student_logits, teacher_logits):
-        return eager_loss(student_logits, teacher_logits, divergence=divergence)
+    def oracle(student_logits, teacher_logits):
+        return reference_loss(student_logits, teacher_logits, divergence=divergence)
 
-    return eager
+    return oracle
+
+
+def _idiomatic(case: Case):
+    return idioms.kd_loss(case.params["divergence"])
+
+
+def _trl(case: Case):
+    beta = idioms.kd_beta(case.params["divergence"])
+    if beta is None:
+        return f"TRL's GKD loss has no {case.params['divergence']} (forward_kl, reverse_kl, gkd_jsd(beta) only)"
+    gkd_loss = peers.trl_gkd_loss()
+
+    def trl(student_logits, teacher_logits):
+        return gkd_loss(student_logits, teacher_logits, beta=beta)  # reduction="batchmean": sum / rows
+
+    return Impl(trl, f"trl GKDTrainer.generalized_jsd_loss(beta={beta:g})")
 
 
 def _liger(case: Case, device: torch.device):
@@ -66,17 +87,19 @@ def _liger(case: Case, device: torch.device):
         from liger_kernel.transformers import LigerKLDIVLoss
 
         loss = LigerKLDIVLoss(reduction="batchmean", log_target=True)  # KL(target || input) = KL(p || q)
+        source = "LigerKLDIVLoss(log_softmax(s), log_softmax(t))"
     elif divergence == "gkd_jsd(0.5)":
         from liger_kernel.transformers import LigerJSD
 
         loss = LigerJSD(beta=0.5)  # beta = 0.5 is symmetric, so Liger's beta convention does not matter
+        source = "LigerJSD(beta=0.5)(log_softmax(s), log_softmax(t))"
     else:
         return f"Liger-Kernel has no {divergence} loss"
 
     def liger(student_logits, teacher_logits):
         return loss(torch.log_softmax(student_logits.float(), -1), torch.log_softmax(teacher_logits.float(), -1))
 
-    return liger
+    return Impl(liger, source)
 
 
 def _bytes_moved(case: Case, dtype: torch.dtype) -> int:
@@ -90,7 +113,10 @@ BENCH = OpBench(
     cases=_cases,
     make_inputs=_make_inputs,
     fused=_fused,
-    reference=_reference,
+    idiomatic=_idiomatic,
+    trl=_trl,
     liger=_liger,
+    reference=_reference,
     bytes_moved=_bytes_moved,
+    oracle_numel=lambda case: case.shape[0] * case.shape[1],
 )

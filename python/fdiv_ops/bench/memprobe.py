@@ -27,12 +27,12 @@ def _op_peaks(bench: OpBench, preset: str, dtype: torch.dtype, provider_name: st
         torch._dynamo.reset()  # as the timing run does: a fresh compile per size
         inputs = providers.require_grads(bench.make_inputs(case, dtype, device))
         try:
-            fn = providers.build(bench, case, provider_name, device)
-            if isinstance(fn, str):
+            impl = providers.build(bench, case, provider_name, device)
+            if isinstance(impl, str):
                 peaks.append(None)
-                note = fn
+                note = impl
                 continue
-            step = providers.forward_backward_step(fn, inputs)
+            step = providers.forward_backward_step(impl.fn, inputs)
             step()  # the first call compiles (torch.compile) and fills OpenMP/MKL thread-local buffers
             providers.clear_grads(inputs)
             gc.collect()

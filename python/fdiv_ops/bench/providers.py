@@ -1,4 +1,4 @@
-"""The four providers of ``fdiv-ops bench`` and the forward / forward+backward steps that time them."""
+"""The providers of ``fdiv-ops bench`` (see spec.py) and the forward / forward+backward steps that time them."""
 
 from __future__ import annotations
 
@@ -7,21 +7,26 @@ from collections.abc import Callable
 
 import torch
 
-from .spec import Case, Inputs, OpBench, Provider, liger_unavailable
+from .peers import liger_unavailable, trl_unavailable
+from .spec import Case, Impl, Inputs, OpBench, Provider
 
-PROVIDERS = ("fdiv_ops", "eager", "compile", "liger")
+PROVIDERS = ("fdiv_ops", "torch", "compile", "trl", "liger")
+BASELINES = ("torch", "compile", "trl")  # what a speed-up can be measured against (--baseline)
 
 
-def build(bench: OpBench, case: Case, name: str, device: torch.device) -> Provider | str:
+def build(bench: OpBench, case: Case, name: str, device: torch.device) -> Impl | str:
     """The provider ``name`` for one case, or a note saying why it cannot run here."""
     if name == "fdiv_ops":
-        return bench.fused(case)
-    if name in ("eager", "compile"):
-        eager = bench.reference(case)
-        if eager is None:
-            return f"fdiv_ops.reference has no eager {bench.name} yet"
+        return Impl(bench.fused(case), f"fdiv_ops.{bench.api}")
+    if name in ("torch", "compile"):
+        idiom = bench.idiomatic(case)
+        if isinstance(idiom, str) or name == "torch":
+            return idiom
         # dynamic=False: one static graph per size, which is how a training loop with fixed shapes runs.
-        return eager if name == "eager" else torch.compile(eager, dynamic=False)
+        return Impl(torch.compile(idiom.fn, dynamic=False), "torch.compile of the torch provider's expression")
+    if name == "trl":
+        why_not = trl_unavailable()
+        return why_not if why_not is not None else bench.trl(case)
     if name == "liger":
         why_not = liger_unavailable(device)
         return why_not if why_not is not None else bench.liger(case, device)

@@ -1,25 +1,14 @@
-"""Showing the records: a rich table on a terminal, aligned plain text when piped (or without rich),
-and the progress display (rich bar on a terminal, one line per step otherwise)."""
+"""Showing the records: the full table, then the headline (fdiv_ops' speed-up over what users run now), as a
+rich table on a terminal or aligned plain text when piped (or without rich); and the progress display (rich
+bar on a terminal, one line per step otherwise)."""
 
 from __future__ import annotations
 
 import sys
 from typing import TextIO
 
-COLUMNS = (
-    "op",
-    "shape",
-    "provider",
-    "fwd ms",
-    "fwd+bwd ms",
-    "p20-p80 ms",
-    "GB/s",
-    "% roof",
-    "peak MB",
-    "x eager",
-    "x compile",
-    "max rel err",
-)
+from . import fmt, headline
+
 _LEFT = {"op", "shape", "provider"}
 
 
@@ -34,60 +23,97 @@ def _rich_console(stream: TextIO):
     return Console(file=stream)
 
 
-def _num(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def _ascii_only(stream: TextIO) -> bool:
+    """True where the stream cannot encode µ, × and – (a C-locale pipe): the numbers then use us, x and -.
+    A stream without an encoding (io.StringIO) holds text, not bytes: anything goes."""
+    encoding = getattr(stream, "encoding", None)
+    if encoding is None:
+        return False
+    try:
+        "µ×–".encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return True
+    return False
 
 
-def _row(r: dict) -> list[str]:
-    spread = "-" if r["fwd_bwd_p20_ms"] is None else f"{r['fwd_bwd_p20_ms']:.3g}-{r['fwd_bwd_p80_ms']:.3g}"
-    shape = "x".join(map(str, r["shape"])) + "".join(f" {v}" for v in r["params"].values())
+def speedup_columns(head: dict) -> list[str]:
+    """torch and compile always; the --baseline's too when it is another provider (trl)."""
+    bases = ["torch", "compile"]
+    return bases + ([head["baseline"]] if head.get("baseline") not in (None, *bases) else [])
+
+
+def columns(head: dict, ascii: bool = False) -> list[str]:
+    times = "x" if ascii else "×"
+    dash = "-" if ascii else "–"
     return [
-        r["op"],
-        shape,
-        r["provider"] + (" *" if r["note"] else ""),
-        _num(r["fwd_ms"], ".3g"),
-        _num(r["fwd_bwd_ms"], ".3g"),
-        spread,
-        _num(r["gbps"], ".3g"),
-        _num(None if r["copy_frac"] is None else 100 * r["copy_frac"], ".0f"),
-        _num(r["peak_mem_mb"], ".1f"),
-        _num(r["speedup_vs_eager"], ".2f"),
-        _num(r["speedup_vs_compile"], ".2f"),
-        _num(r["max_rel_err"], ".1e"),
+        "op",
+        "shape",
+        "provider",
+        f"fwd+bwd (p20{dash}p80)",
+        "fwd",
+        "GB/s (% roof)",
+        "peak mem",
+        *[f"{times} {base}" for base in speedup_columns(head)],
+        "max rel err",
     ]
 
 
-def _title(head: dict) -> str:
+def row(r: dict, head: dict, ascii: bool = False) -> list[str]:
+    return [
+        r["op"],
+        headline.case_label(r),
+        r["provider"] + (" *" if r["note"] else ""),
+        fmt.time_spread(r["fwd_bwd_ms"], r["fwd_bwd_p20_ms"], r["fwd_bwd_p80_ms"], ascii),
+        fmt.time_ms(r["fwd_ms"], ascii),
+        fmt.bandwidth_and_roof(r["gbps"], r["copy_frac"]),
+        fmt.mib(r["peak_mem_mb"]),
+        *[fmt.speedup(r.get(f"speedup_vs_{base}"), ascii) for base in speedup_columns(head)],
+        fmt.rel_err(r["max_rel_err"]),
+    ]
+
+
+def title(head: dict) -> str:
     return (
         f"fdiv-ops bench: {head['device_name']}, {head['dtype']}, preset {head['preset']}; "
-        f"device copy bandwidth {head['copy_gbps']:.1f} GB/s"
+        f"device copy bandwidth {fmt.bandwidth(head['copy_gbps'])}"
     )
 
 
-def _notes(head: dict, results: list[dict], extra: list[str]) -> list[str]:
-    notes = list(head["notes"])
-    loads = [head.get("load_avg_1min"), head.get("load_avg_1min_end")]
-    if head["device"] == "cpu" and None not in loads:
-        busy = (
-            " (busier than the threads used: other processes inflate and spread these timings)"
-            if max(loads) > head["threads"]
-            else ""
-        )
-        notes.append(
-            f"1-minute load average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end, "
-            f"{head['threads']} threads{busy}"
-        )
-    notes.append(
-        "fwd/fwd+bwd: median ms (p20-p80 of fwd+bwd); GB/s: bytes a fused fwd+bwd must move / "
-        "fwd+bwd time; % roof: time of a device copy moving those bytes (timed in the same rounds) / "
-        "fwd+bwd time; x eager / x compile: fwd+bwd speed-up"
+def load_note(head: dict) -> str | None:
+    """The machine's load during the run: on a shared CPU, others' work inflates and spreads the timings."""
+    loads = [load for load in (head.get("load_avg_1min"), head.get("load_avg_1min_end")) if load is not None]
+    if not loads:
+        return None
+    end = f", {loads[1]:.1f} at the end" if len(loads) > 1 else ""
+    busy = ""
+    if head["device"] == "cpu" and max(loads) > head["threads"]:
+        busy = " (busier than the threads used: other processes inflate and spread these timings)"
+    threads = f"{head['threads']} thread{'s' if head['threads'] != 1 else ''}"
+    return f"1-minute load average {loads[0]:.1f} at the start{end}, {threads}{busy}"
+
+
+def notes(head: dict, results: list[dict], extra: list[str] = ()) -> list[str]:
+    out = list(head["notes"])
+    load = load_note(head)
+    if load:
+        out.append(load)
+    out.append(
+        "fwd+bwd: median of interleaved rounds (p20-p80); GB/s: bytes a fused fwd+bwd must move / fwd+bwd "
+        "time; % roof: time of a device copy moving those bytes, timed in the same rounds / fwd+bwd time; "
+        "x <provider>: that provider's fwd+bwd time / this row's (> 1: this row is faster)"
     )
     seen = set()
+    for r in results:  # what each baseline is, once per op and setting: "torch" alone says too little
+        key = (r["op"], tuple(r.get("params", {}).values()), r["provider"])
+        if r.get("source") and r["provider"] != "fdiv_ops" and key not in seen:
+            seen.add(key)
+            settings = "".join(f" {v}" for v in key[1])
+            out.append(f"{r['op']}{settings} {r['provider']}: {r['source']}")
     for r in results:
-        if r["note"] and (r["provider"], r["note"]) not in seen:
-            seen.add((r["provider"], r["note"]))
-            notes.append(f"* {r['op']} {r['provider']}: {r['note']}")
-    return notes + extra
+        if r["note"] and (r["op"], r["provider"], r["note"]) not in seen:
+            seen.add((r["op"], r["provider"], r["note"]))
+            out.append(f"* {r['op']} {r['provider']}: {r['note']}")
+    return out + list(extra)
 
 
 def shown(results: list[dict]) -> list[dict]:
@@ -95,22 +121,33 @@ def shown(results: list[dict]) -> list[dict]:
     return [r for r in results if not (r["note"] or "").startswith("skipped")]
 
 
-def print_table(records: list[dict], extra_notes: list[str] = (), stream: TextIO | None = None) -> None:
-    stream = sys.stdout if stream is None else stream  # looked up now: tests and callers may redirect it
-    head, results = records[0], records[1:]
-    rows = [_row(r) for r in shown(results)]
-    notes = _notes(head, results, list(extra_notes))
-    widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(COLUMNS)]
-    console = _rich_console(stream)
+def headline_table(head: dict, results: list[dict], ascii: bool = False) -> tuple[str, list[str], list[list[str]]]:
+    """(caption, column names, rows) of fdiv_ops' fwd+bwd speed-up over each other provider."""
+    baseline = head.get("baseline", "torch")
+    names = headline.comparisons(shown(results), baseline)
+    times = "x" if ascii else "×"
+    marked = [f"{times} vs {n}" + (" (baseline)" if n == baseline else "") for n in names]
+    cols = ["op", "shape", "fdiv_ops fwd+bwd", *marked]
+    body = [
+        [h["op"], h["case"], fmt.time_ms(h["fdiv_ops_ms"], ascii)]
+        + [fmt.speedup(h["speedups"][n], ascii) for n in names]
+        for h in headline.rows(results, baseline)
+    ]
+    caption = "Is fdiv_ops faster than what you use now? its fwd+bwd speed-up over each provider (> 1: faster)"
+    return caption, cols, body
+
+
+def _render(stream: TextIO, console, caption: str, cols: list[str], body: list[list[str]], notes_: list[str]) -> None:
+    widths = [max([len(c)] + [len(line[i]) for line in body]) for i, c in enumerate(cols)]
     if console is not None:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=_title(head), caption="\n".join(notes), caption_justify="left")
-        for name, width in zip(COLUMNS, widths):
+        table = Table(title=caption, caption="\n".join(notes_) or None, caption_justify="left")
+        for name, width in zip(cols, widths):
             table.add_column(name, justify="left" if name in _LEFT else "right", no_wrap=True, min_width=width)
-        for row in rows:
-            table.add_row(*row)
+        for line in body:
+            table.add_row(*line)
         needed = sum(widths) + 3 * len(widths) + 1
         if console.width < needed:  # never crop numbers: let a narrow terminal wrap the lines instead
             console = Console(file=stream, width=needed)
@@ -118,14 +155,28 @@ def print_table(records: list[dict], extra_notes: list[str] = (), stream: TextIO
         return
 
     def line(cells):
-        return "  ".join(c.ljust(w) if name in _LEFT else c.rjust(w) for c, w, name in zip(cells, widths, COLUMNS))
+        return "  ".join(c.ljust(w) if name in _LEFT else c.rjust(w) for c, w, name in zip(cells, widths, cols))
 
-    print(_title(head), file=stream)
-    print(line(COLUMNS).rstrip(), file=stream)
-    for row in rows:
-        print(line(row).rstrip(), file=stream)
-    for note in notes:
+    print(caption, file=stream)
+    print(line(cols).rstrip(), file=stream)
+    for cells in body:
+        print(line(cells).rstrip(), file=stream)
+    for note in notes_:
         print(note, file=stream)
+
+
+def print_table(records: list[dict], extra_notes: list[str] = (), stream: TextIO | None = None) -> None:
+    """The full table with its notes, then the headline table (printed last: the line a reader sees)."""
+    stream = sys.stdout if stream is None else stream  # looked up now: tests and callers may redirect it
+    head, results = records[0], records[1:]
+    ascii = _ascii_only(stream)
+    console = _rich_console(stream)
+    body = [row(r, head, ascii) for r in shown(results)]
+    _render(stream, console, title(head), columns(head, ascii), body, notes(head, results, list(extra_notes)))
+    caption, cols, body = headline_table(head, results, ascii)
+    if body:
+        print(file=stream)
+        _render(stream, console, caption, cols, body, [])
 
 
 class ProgressDisplay:

@@ -4,20 +4,25 @@ error against the float64 reference and the peak memory, and derive bandwidth an
 Returns plain dict records (the ``--json`` schema): one header, then one record per
 (op, shape, dtype, device, provider); a metric that was not measured is None, with a ``note`` saying why.
 
-header:  record="header", schema_version, created_utc, device, device_name, copy_gbps (large-buffer
-         device copy), dtype, preset, ops, providers, threads, load_avg_1min (+ _end), versions
-         {fdiv_ops, torch, python, cuda}, build_info, notes (how peak memory and the error are defined)
-result:  record="result", op, shape, params (e.g. divergence), dtype, device, provider,
-         fwd_ms / fwd_p20_ms / fwd_p80_ms, fwd_bwd_ms / fwd_bwd_p20_ms / fwd_bwd_p80_ms, reps,
-         warmup_s (first call, torch.compile's compile included), bytes_moved (by a fused fwd+bwd),
-         gbps (bytes_moved / fwd_bwd time), copy_ms (a device copy of bytes_moved, same rounds),
-         copy_frac (copy_ms / fwd_bwd_ms), peak_mem_mb (MiB), speedup_vs_eager / speedup_vs_compile
-         (fwd+bwd), fwd_speedup_vs_eager / fwd_speedup_vs_compile, max_rel_err, note
+header:  record="header", schema_version (2), created_utc, complete (false while a run is under way: the
+         CLI rewrites --json after every size), command, device, device_name, copy_gbps (large-buffer
+         device copy), dtype, preset, ops, providers, baseline (the reference of the headline speed-up),
+         threads, load_avg_1min (+ _end), versions {fdiv_ops, torch, python, cuda, trl, liger_kernel},
+         build_info, notes (how peak memory and the error are defined)
+result:  record="result", op, shape, params (e.g. divergence), dtype, device, provider, source (what ran,
+         e.g. "F.kl_div(...)"), fwd_ms / fwd_p20_ms / fwd_p80_ms, fwd_bwd_ms / fwd_bwd_p20_ms /
+         fwd_bwd_p80_ms, reps, warmup_s (first call, torch.compile's compile included), bytes_moved (by a
+         fused fwd+bwd), gbps (bytes_moved / fwd_bwd time), copy_ms (a device copy of bytes_moved, same
+         rounds), copy_frac (copy_ms / fwd_bwd_ms), peak_mem_mb (MiB), speedup_vs_<torch|compile|trl>
+         (fwd+bwd time of that provider / this one's), fwd_speedup_vs_<...> (forward only), max_rel_err,
+         note (why a value is missing, or a provider skipped or failed)
 """
 
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
+import json
 import os
 import platform
 import time
@@ -35,11 +40,17 @@ from .timing import PLANS, measure_interleaved
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 MAX_REL_ERR_NOTE = (
-    "max_rel_err: max over the output and every input gradient of max|x - ref| / max|ref|, ref = the eager "
-    "reference in float64 on the same inputs"
+    "max rel err: max over the output and every input gradient of max|x - ref| / max|ref|, ref = "
+    "fdiv_ops.reference (the package's generic eager mirror, never timed) in float64 on the same inputs"
 )
+SCHEMA_VERSION = 2
 
 Progress = Callable[[str], None]  # called as each unit of work starts, with what it is
+
+
+def _threads() -> str:
+    count = torch.get_num_threads()
+    return f"{count} thread{'s' if count != 1 else ''}"
 
 
 def device_name(device: torch.device) -> str:
@@ -49,17 +60,34 @@ def device_name(device: torch.device) -> str:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
                 if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+                    return f"{line.split(':', 1)[1].strip()} ({_threads()})"
     except OSError:
         pass
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    return f"{platform.processor() or platform.machine()} ({_threads()})"
 
 
-def header(device: torch.device, dtype: str, preset: str, provider_names: list[str], ops: list[str]) -> dict:
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def header(
+    device: torch.device,
+    dtype: str,
+    preset: str,
+    provider_names: list[str],
+    ops: list[str],
+    baseline: str = "torch",
+    command: list[str] | None = None,
+) -> dict:
     return {
         "record": "header",
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "complete": False,
+        "command": command,
         "device": device.type,
         "device_name": device_name(device),
         "copy_gbps": copy_bandwidth_gbps(device),
@@ -67,6 +95,7 @@ def header(device: torch.device, dtype: str, preset: str, provider_names: list[s
         "preset": preset,
         "ops": ops,
         "providers": provider_names,
+        "baseline": baseline,
         "threads": torch.get_num_threads(),
         # Others' work on a shared machine inflates CPU timings: the 1-minute load average says how much.
         "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
@@ -75,6 +104,8 @@ def header(device: torch.device, dtype: str, preset: str, provider_names: list[s
             "torch": torch.__version__,
             "python": platform.python_version(),
             "cuda": torch.version.cuda,
+            "trl": _version("trl"),
+            "liger_kernel": _version("liger-kernel"),
         },
         "build_info": {k: v for k, v in fdiv_ops.build_info().items()},
         "notes": [MAX_REL_ERR_NOTE, memory.CUDA_NOTE if device.type == "cuda" else memory.CPU_NOTE],
@@ -90,6 +121,7 @@ def _empty_record(bench: OpBench, case: Case, dtype: str, device: torch.device, 
         "dtype": dtype,
         "device": device.type,
         "provider": provider,
+        "source": None,
         "fwd_ms": None,
         "fwd_p20_ms": None,
         "fwd_p80_ms": None,
@@ -103,13 +135,40 @@ def _empty_record(bench: OpBench, case: Case, dtype: str, device: torch.device, 
         "copy_ms": None,
         "copy_frac": None,
         "peak_mem_mb": None,
-        "speedup_vs_eager": None,
-        "speedup_vs_compile": None,
-        "fwd_speedup_vs_eager": None,
-        "fwd_speedup_vs_compile": None,
+        **{f"speedup_vs_{base}": None for base in providers.BASELINES},
+        **{f"fwd_speedup_vs_{base}": None for base in providers.BASELINES},
         "max_rel_err": None,
         "note": None,
     }
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    """Memory free for the oracle: the CUDA device's free memory, or the host's MemAvailable."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+_ORACLE_TENSORS = 16  # float64 tensors of the largest size the generic reference holds at once, fwd+bwd
+
+
+def _oracle_too_big(bench: OpBench, case: Case, device: torch.device) -> str | None:
+    if bench.oracle_numel is None:
+        return None
+    need, free = _ORACLE_TENSORS * 8 * bench.oracle_numel(case), _free_bytes(device)
+    if free is None or need <= free:
+        return None
+    return (
+        f"max_rel_err not measured at this size: the float64 oracle would need ~{need / 2**30:.0f} GiB, "
+        f"{free / 2**30:.0f} GiB free (smaller sizes and the tests check correctness)"
+    )
 
 
 def _reference_outputs(bench: OpBench, case: Case, inputs) -> tuple[list[torch.Tensor] | None, str | None]:
@@ -117,6 +176,9 @@ def _reference_outputs(bench: OpBench, case: Case, inputs) -> tuple[list[torch.T
     eager = bench.reference(case)
     if eager is None:
         return None, f"max_rel_err not measured: fdiv_ops.reference has no {bench.name} yet"
+    too_big = _oracle_too_big(bench, case, inputs.args[0].device)
+    if too_big is not None:
+        return None, too_big
     try:
         return providers.outputs_and_grads(eager, providers.upcast(inputs)), None
     except Exception as exc:
@@ -177,7 +239,7 @@ def _speedups(records: list[dict]) -> None:
     for r in records:
         if r["fwd_bwd_ms"] is None:
             continue
-        for base in ("eager", "compile"):
+        for base in providers.BASELINES:
             ref = by_provider.get(base)
             if ref is not None and ref["fwd_bwd_ms"] is not None:
                 r[f"speedup_vs_{base}"] = ref["fwd_bwd_ms"] / r["fwd_bwd_ms"]
@@ -217,12 +279,13 @@ def _run_case(
             progress(f"{bench.name} {case.label} {name}")
         record = records[name] = _empty_record(bench, case, dtype, device, name)
         try:
-            fn = providers.build(bench, case, name, device)  # may import liger_kernel, whose API moves
-            if isinstance(fn, str):
-                record["note"] = f"skipped: {fn}"
+            impl = providers.build(bench, case, name, device)  # may import trl or liger_kernel, whose APIs move
+            if isinstance(impl, str):
+                record["note"] = f"skipped: {impl}"
                 continue
-            _prepare(record, fn, inputs, want)
-            ready[name] = fn
+            record["source"] = impl.source
+            _prepare(record, impl.fn, inputs, want)
+            ready[name] = impl.fn
             record["note"] = record["note"] or no_reference
         except Exception as exc:
             record["note"] = _failed(exc)
@@ -273,16 +336,58 @@ def run(
     *,
     measure_memory: bool = True,
     progress: Progress | None = None,
+    baseline: str = "torch",
+    command: list[str] | None = None,
+    on_case: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
-    """[header, record, ...] for every (op, size of the preset, provider)."""
+    """[header, record, ...] for every (op, size of the preset, provider). ``on_case`` gets the records so
+    far (header first, ``complete`` false) after every size, so that a run cut short keeps what it measured."""
     known = registry.available()
-    head = header(device, dtype, preset, provider_names, ops)
+    head = header(device, dtype, preset, provider_names, ops, baseline, command)
     plan = PLANS[preset]
     results: list[dict] = []
     for op in ops:
         for case in known[op].cases(preset, device):
             results += _run_case(known[op], case, device, dtype, provider_names, plan, progress)
+            if on_case is not None:
+                on_case([head, *results])
     if measure_memory and device.type == "cpu":
         _cpu_memory(results, ops, preset, dtype, provider_names, progress)
     head["load_avg_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    head["complete"] = True
     return [head, *results]
+
+
+def _record_key(r: dict) -> tuple:
+    return (r["op"], tuple(r["shape"]), json.dumps(r.get("params", {}), sort_keys=True), r["dtype"], r["device"])
+
+
+def merge(runs: list[list[dict]]) -> list[dict]:
+    """One record list from several runs of the same ops and sizes (gpu_check.sh times the compile provider
+    in a run of its own): the first run's header and records, then each later run's records of providers
+    the earlier runs lack, with the speed-ups recomputed across them. Such a speed-up compares times of
+    separate runs on the same machine; the header's ``merged_from`` lists the runs."""
+    head = dict(runs[0][0])
+    results = [dict(r) for r in runs[0][1:]]
+    have = {(*_record_key(r), r["provider"]) for r in results}
+    for run in runs[1:]:
+        for r in run[1:]:
+            if (*_record_key(r), r["provider"]) not in have:
+                results.append(dict(r))
+                have.add((*_record_key(r), r["provider"]))
+        head["providers"] = list(dict.fromkeys([*head["providers"], *run[0]["providers"]]))
+    head["merged_from"] = [run[0].get("command") for run in runs]
+    head["complete"] = all(run[0].get("complete", True) for run in runs)
+    cases: dict[tuple, list[dict]] = {}
+    for r in results:  # grouped per size, in the first run's order
+        cases.setdefault(_record_key(r), []).append(r)
+    order = {name: k for k, name in enumerate(providers.PROVIDERS)}
+    merged = []
+    for group in cases.values():
+        group.sort(key=lambda r: order.get(r["provider"], len(order)))
+        for r in group:
+            for base in providers.BASELINES:
+                r[f"speedup_vs_{base}"] = r[f"fwd_speedup_vs_{base}"] = None
+        _speedups(group)
+        merged += group
+    return [head, *merged]

@@ -3,16 +3,21 @@
 An op plugs into ``fdiv-ops bench`` by exposing a module-level ``BENCH = OpBench(...)`` and being listed in
 ``registry.OP_MODULES``; the registry shows it only once ``fdiv_ops.<api>`` exists, so a bench file can be
 written before its op lands. The harness (runner.py) owns timing, memory, errors and the providers built
-from these pieces:
+from these pieces, each answering "is this faster than what I use now?":
 
-    fdiv_ops  fused(case)                        the package's op
-    eager     reference(case)                    fdiv_ops.reference, the float64-capable eager mirror
-    compile   torch.compile(reference(case))     the strongest generic baseline on element-wise losses
-    liger     liger(case, device)                the nearest Liger-Kernel op, or a note saying why not
+    fdiv_ops  fused(case)                    the package's op
+    torch     idiomatic(case)                the eager PyTorch a user writes for this loss (F.kl_div on
+                                             log_softmax, gather - logsumexp, the DMD2/FastGen loss, ...)
+    compile   torch.compile(idiomatic(case)) the same expression compiled
+    trl       trl(case)                      TRL's own function from the installed package, or why not
+    liger     liger(case, device)            the nearest Liger-Kernel op, or why not
+
+``reference(case)``, the package's generic float64-capable mirror (fdiv_ops.reference), is never timed: run
+in float64 on the same (upcast) inputs it is the oracle of the max_rel_err column.
 
 Every provider takes the inputs' ``args`` positionally and returns one tensor (a loss, or per-token values);
 forward+backward calls ``out.backward(ones_like(out))`` and reads the gradients of ``args[i]`` for
-``i in grad_args``. The reference run in float64 on the same (upcast) inputs is the truth for max_rel_err.
+``i in grad_args``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,14 @@ import torch
 
 # A provider: the inputs' args -> one output tensor.
 Provider = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Impl:
+    """A runnable provider and what it is, in the words its users know it by (shown under the table)."""
+
+    fn: Provider
+    source: str
 
 
 @dataclass(frozen=True)
@@ -56,18 +69,12 @@ class OpBench:
     cases: Callable[[str, torch.device], list[Case]]  # preset ("tiny" | "quick" | "full"), device -> sizes
     make_inputs: Callable[[Case, torch.dtype, torch.device], Inputs]  # deterministic (seeded)
     fused: Callable[[Case], Provider]
-    reference: Callable[[Case], Provider | None]  # None: fdiv_ops.reference lacks this op yet
-    liger: Callable[[Case, torch.device], Provider | str]  # a provider, or why there is none
+    idiomatic: Callable[[Case], Impl | str]  # the `torch` provider (and `compile`'s input), or why none
+    trl: Callable[[Case], Impl | str]  # imports trl lazily: called only when trl imports
+    liger: Callable[[Case, torch.device], Impl | str]  # imports liger_kernel lazily: CUDA only
+    reference: Callable[[Case], Provider | None]  # the float64 oracle; None: fdiv_ops.reference lacks this op
     bytes_moved: Callable[[Case, torch.dtype], int]  # the minimum a fused forward+backward must move
+    # Elements of the largest tensor the float64 oracle materialises (rows x V for a loss on logits): the
+    # runner skips the error check where ~16 such float64 tensors would not fit in the memory free.
+    oracle_numel: Callable[[Case], int] | None = None
     roofline_note: str = ""  # shown under the table, e.g. that an op is GEMM-bound, not memory-bound
-
-
-def liger_unavailable(device: torch.device) -> str | None:
-    """Why no Liger-Kernel provider can run here, or None when liger_kernel imports on a CUDA device."""
-    if device.type != "cuda":
-        return "liger-kernel is Triton/CUDA only"
-    try:
-        import liger_kernel  # noqa: F401
-    except ImportError:
-        return "liger-kernel is not installed (pip install liger-kernel)"
-    return None

@@ -42,6 +42,8 @@ PLANS = {
     # The runner has already called the provider twice (first call, error check) before timing, so one
     # more warm-up suffices; quick keeps `fdiv-ops bench` under two minutes on a shared 2-core CPU.
     "quick": TimingPlan(warmup=1, min_reps=5, max_reps=30, min_time_s=0.2),
+    # The peers' published sizes on a GPU (gpu_check.sh): few, large, each step tens of ms.
+    "headline": TimingPlan(warmup=2, min_reps=10, max_reps=50, min_time_s=0.3),
     "full": TimingPlan(warmup=3, min_reps=15, max_reps=100, min_time_s=1.0),
 }
 

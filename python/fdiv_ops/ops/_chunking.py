@@ -8,6 +8,13 @@ from collections.abc import Iterator
 
 import torch
 
+# torch.mm(a, b, out_dtype=torch.float32) (aten::mm.dtype: a 16-bit GEMM with an fp32 result) exists from torch
+# 2.8; pyproject promises >= 2.4. Looked up once, in the operator registry, so that no call tries it and catches
+# the TypeError, and nothing waits on the GPU: where it is missing, CUDA takes the CPU's path (the weight upcast
+# once per call to an fp32 copy, then fp32 GEMMs), which costs V x H x 4 bytes more memory but gives the same
+# fp32-accumulated logits.
+HAS_MM_OUT_DTYPE = "dtype" in torch.ops.aten.mm.overloads()
+
 
 def row_chunks(rows: int, chunk_size: int) -> Iterator[tuple[int, int]]:
     """[start, end) row ranges of at most chunk_size rows covering 0..rows."""
@@ -19,19 +26,24 @@ def fp32_weight(weight: torch.Tensor) -> torch.Tensor:
     """The weight as the fp32 (or fp64) GEMM operand of `chunk_logits`.
 
     16-bit GEMMs must accumulate into fp32 logits (rounding logits to bf16 first costs 4-23% gradient error,
-    docs/math.md §3). CUDA does that with out_dtype; the CPU has no such GEMM, so there the weight is upcast
-    once per call (one V x H fp32 copy) rather than once per chunk.
+    docs/math.md §3). CUDA does that with out_dtype; the CPU has no such GEMM (nor CUDA before torch 2.8), so
+    there the weight is upcast once per call (one V x H fp32 copy) rather than once per chunk.
     """
-    if weight.dtype in (torch.float32, torch.float64) or weight.device.type == "cuda":
+    if weight.dtype in (torch.float32, torch.float64) or _gemm_has_fp32_out(weight):
         return weight
     return weight.float()
+
+
+def _gemm_has_fp32_out(tensor: torch.Tensor) -> bool:
+    """Whether a 16-bit GEMM on this tensor's device can write fp32 directly (torch >= 2.8 on CUDA)."""
+    return HAS_MM_OUT_DTYPE and tensor.device.type == "cuda"
 
 
 def mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b with an fp32 (fp64 for fp64) result, never rounded to 16 bits on the way."""
     if a.dtype in (torch.float32, torch.float64) and b.dtype == a.dtype:
         return a @ b
-    if a.device.type == "cuda" and a.dtype == b.dtype:
+    if a.dtype == b.dtype and _gemm_has_fp32_out(a):
         return torch.mm(a, b, out_dtype=torch.float32)
     return a.float() @ b.float()
 
