@@ -246,10 +246,11 @@ def test_module_divergence_estimate_and_time_without_bins():
 def test_cuda_tensor_on_cpu_only_build_is_a_clear_error():
     if fdiv_ops.build_info()["cuda"]:
         pytest.skip("this build has CUDA")
-    from fdiv_ops.ops._plumbing import cuda_stream
+    from fdiv_ops._cuda_status import require_cuda
 
+    # What every op's launch calls for a CUDA tensor (torch here may have no CUDA to make one with).
     with pytest.raises(RuntimeError, match="built without CUDA"):
-        cuda_stream(torch.device("cuda"))
+        require_cuda(torch.device("cuda"))
 
 
 @pytest.mark.parametrize(
