@@ -66,7 +66,7 @@ print("wheel smoke test passed")
 PY
   "$work/venv/bin/fdiv-ops" info
   # The benchmark CLI from the installed console script, without the optional rich/matplotlib (plain text).
-  "$work/venv/bin/fdiv-ops" bench --preset tiny --providers fdiv_ops,eager
+  "$work/venv/bin/fdiv-ops" bench --preset tiny --providers fdiv_ops,torch
   cd "$repo"
   rm -rf "$work"
 done

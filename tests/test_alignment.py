@@ -11,34 +11,11 @@ import math
 import fdiv_ops
 import pytest
 import torch
+from divergence_cases import ALL, IDS  # every divergence of fdiv_ops.DIVERGENCES
 from fdiv_ops import reference as ref
-from fdiv_ops.ops.divergence_psi import _terms_op, clamp_log_ratio, dtype_max_exponent
+from fdiv_ops.ops.divergence_terms import clamp_log_ratio, divergence_terms_op, dtype_max_exponent
 
-ALL = [
-    "forward_kl",
-    "reverse_kl",
-    "js",
-    "squared_hellinger",
-    "softened_rkl",
-    "jeffreys",
-    "total_variation",
-    "pearson_chi2",
-    "neyman_chi2",
-    fdiv_ops.gkd_jsd(0.0),
-    fdiv_ops.gkd_jsd(0.3),
-    fdiv_ops.gkd_jsd(1.0),
-    fdiv_ops.alpha(-0.5),
-    fdiv_ops.alpha(0.5),
-    fdiv_ops.alpha(2.0),
-    fdiv_ops.skew_forward_kl(0.0),
-    fdiv_ops.skew_forward_kl(0.1),
-    fdiv_ops.skew_forward_kl(1.0),
-    fdiv_ops.skew_reverse_kl(0.0),
-    fdiv_ops.skew_reverse_kl(0.1),
-    fdiv_ops.skew_reverse_kl(1.0),
-]
-IDS = [str(d) for d in ALL]
-
+_terms_op = divergence_terms_op.op
 
 # ---------------------------------------------------------------------------------------------------
 # divergence_terms and the exponent clamp

@@ -162,25 +162,31 @@ def test_returned_statistics():
 def test_opcheck():
     x, t, f, logits = _inputs((3, 4, 5))
     x.requires_grad_()
-    from fdiv_ops.ops.f_distill import _f_distill_op, _weights_op, compute_weights
+    from fdiv_ops.ops.f_distill import compute_weights, f_distill_op, weights_op
+
+    _f_distill_op, _weights_op = f_distill_op.op, weights_op.op
 
     js = fdiv_ops.resolve("js")
     _, _, stats = compute_weights(logits, js, False, 10.0, 0.1, 20.0)
     common = (js.kernel_id, 0.0, 10.0, 0.1, 20.0)
-    torch.library.opcheck(_f_distill_op, (x, t, f, logits, None, None, *common, True, 1e-6, "mean"))
-    torch.library.opcheck(_f_distill_op, (x, t, f, logits, torch.rand(3) + 0.5, stats, *common, True, 1e-6, "sum"))
-    torch.library.opcheck(_f_distill_op, (x, t, f, None, None, None, *common, False, 1e-6, "sum"))
-    torch.library.opcheck(_weights_op, (logits, None, False, 10.0, 0.1, 20.0, 2, 0.0))
+    torch.library.opcheck(_f_distill_op, f_distill_op.op_args(x, t, f, logits, None, None, *common, True, 1e-6, "mean"))
+    torch.library.opcheck(
+        _f_distill_op, f_distill_op.op_args(x, t, f, logits, torch.rand(3) + 0.5, stats, *common, True, 1e-6, "sum")
+    )
+    torch.library.opcheck(_f_distill_op, f_distill_op.op_args(x, t, f, None, None, None, *common, False, 1e-6, "sum"))
+    torch.library.opcheck(_weights_op, weights_op.op_args(logits, None, False, 10.0, 0.1, 20.0, 2, 0.0))
 
 
 def test_eager_fast_path_equals_the_registered_op():
-    from fdiv_ops.ops.f_distill import _f_distill_op, _FDistillEager
+    from fdiv_ops.ops.f_distill import f_distill_op
+
+    _f_distill_op, _FDistillEager = f_distill_op.op, f_distill_op._eager
 
     x, t, f, logits = _inputs((3, 4, 5))
     js = fdiv_ops.resolve("js")
     rest = (t, f, logits, None, None, js.kernel_id, 0.0, 10.0, 0.1, 20.0, True, 1e-6, "mean")
     grads = []
-    for fn in (_FDistillEager.apply, _f_distill_op):
+    for fn in (_FDistillEager.apply, lambda *a: _f_distill_op(*f_distill_op.op_args(*a))):
         xg = x.clone().requires_grad_()
         out = fn(xg, *rest)
         (out[0] * 3.0).backward()
@@ -240,10 +246,11 @@ def test_module_divergence_estimate_and_time_without_bins():
 def test_cuda_tensor_on_cpu_only_build_is_a_clear_error():
     if fdiv_ops.build_info()["cuda"]:
         pytest.skip("this build has CUDA")
-    from fdiv_ops._backend import device_args
+    from fdiv_ops._cuda_status import require_cuda
 
+    # What every op's launch calls for a CUDA tensor (torch here may have no CUDA to make one with).
     with pytest.raises(RuntimeError, match="built without CUDA"):
-        device_args(torch.device("cuda"))
+        require_cuda(torch.device("cuda"))
 
 
 @pytest.mark.parametrize(
@@ -264,7 +271,7 @@ def test_cuda_tensor_on_cpu_only_build_is_a_clear_error():
         ),
         (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, None, divergence="js"), ValueError, "only reverse_kl"),
         (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg, eps=0.0), ValueError, "eps must be"),
-        (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg, reduction="none"), ValueError, "reduction must"),
+        (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x, t, f, lg, reduction="avg"), ValueError, "reduction must"),
         (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x.long(), t, f, lg), TypeError, "x must have a floating dtype"),
         (lambda x, t, f, lg: fdiv_ops.f_distill_loss(x.numpy(), t, f, lg), TypeError, "x must be a torch.Tensor"),
     ],
@@ -391,7 +398,7 @@ def _supports_reduction_none():
 @pytest.mark.skipif(not _supports_reduction_none(), reason="the bindings do not pass sample_loss yet")
 def test_reduction_none_gives_the_per_sample_losses(device):
     x, t, f, logits = _inputs((5, 2, 7), device=device)
-    x = x * 1e21  # formed safely, like the total
+    x, t, f = (v * 1e21 for v in (x, t, f))  # formed safely, like the total
     per = fdiv_ops.f_distill_loss(x, t, f, logits, divergence="js", reduction="none")
     _, _, want = _closed_form(x, t, f, logits, "js", reduction="sum")
     torch.testing.assert_close(per.double().cpu(), want, rtol=1e-5, atol=0)
@@ -451,12 +458,13 @@ def test_cuda_nan_and_inf_match_cpu(shape):
     _, ((cpu_loss, cpu_grad, cpu_h, cpu_n), (gpu_loss, gpu_grad, gpu_h, gpu_n)) = _cpu_and_cuda(
         shape, torch.float32, prepare=poison
     )
+    # CPU sums in float32 (vector partial sums), CUDA in double: up to ~1e-5 apart over 450k elements
     assert torch.isnan(cpu_loss) and torch.isnan(gpu_loss)
     torch.testing.assert_close(gpu_h, cpu_h, rtol=1e-6, atol=0, equal_nan=True)
-    torch.testing.assert_close(gpu_n, cpu_n, rtol=1e-5, atol=0, equal_nan=True)
+    torch.testing.assert_close(gpu_n, cpu_n, rtol=5e-5, atol=0, equal_nan=True)
     assert torch.equal(torch.isnan(gpu_grad), torch.isnan(cpu_grad))
     assert torch.isnan(cpu_grad[-1]).all()  # the NaN logit's sample
-    torch.testing.assert_close(gpu_grad, cpu_grad, rtol=1e-5, atol=1e-9, equal_nan=True)
+    torch.testing.assert_close(gpu_grad, cpu_grad, rtol=5e-5, atol=1e-9, equal_nan=True)
 
 
 @pytest.mark.cuda
@@ -464,6 +472,7 @@ def test_cuda_multichunk_and_chunked_match_cpu_in_every_dtype():
     for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         for shape in ((3, 40_000), (2, 450_001)):
             _, ((cpu_loss, cpu_grad, *_), (gpu_loss, gpu_grad, *_)) = _cpu_and_cuda(shape, dtype)
-            tol = dict(rtol=1e-5, atol=1e-9) if dtype in (torch.float32, torch.float64) else dict(rtol=2e-2, atol=1e-6)
-            torch.testing.assert_close(gpu_loss, cpu_loss, rtol=1e-5, atol=0)
+            # CPU sums 32-bit data in float32, CUDA in double: the two agree to the CPU's rounding (~1e-5)
+            tol = dict(rtol=5e-5, atol=1e-9) if dtype in (torch.float32, torch.float64) else dict(rtol=2e-2, atol=1e-6)
+            torch.testing.assert_close(gpu_loss, cpu_loss, rtol=5e-5, atol=0)
             torch.testing.assert_close(gpu_grad.double(), cpu_grad.double(), **tol)

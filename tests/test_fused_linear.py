@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from fdiv_ops import _C
 from fdiv_ops import reference as ref
-from fdiv_ops._backend import DTYPE_CODES, num_threads, ptr
-from fdiv_ops.ops.fused_linear import _fused_op, auto_chunk_size
+from fdiv_ops.ops._plumbing import launch
+from fdiv_ops.ops.fused_linear import auto_chunk_size, fused_op
+
+_fused_op = fused_op.op
 
 ROWS, H_S, H_T, V = 11, 8, 6, 37
 
@@ -239,27 +241,20 @@ def _kernel(student, teacher, grad, labels, hard_weight, inv_t, device):
     scale = torch.full((rows,), 0.5, dtype=student.dtype, device=device)
     scale[1] = 0.0  # an ignored row
     loss = torch.empty(rows, dtype=student.dtype, device=device)
-    on_cuda = device.type == "cuda"
-    stream = torch.cuda.current_stream(device).cuda_stream if on_cuda else 0
-    _C.f_divergence(
-        ptr(student),
-        ptr(teacher),
-        DTYPE_CODES[student.dtype],
-        rows,
-        student.shape[1],
-        teacher.shape[1],
-        False,
-        inv_t,
-        2,
-        0.0,
-        ptr(scale),
-        ptr(loss),
-        ptr(grad),
-        ptr(labels),
-        hard_weight,
-        num_threads(),
-        on_cuda,
-        stream,
+    launch(
+        _C.f_divergence,
+        device,
+        student=student,
+        teacher=teacher,
+        row_scale=scale,
+        row_loss=loss,
+        grad=grad,
+        labels=labels,
+        kind=2,
+        param=0.0,
+        inv_temperature=inv_t,
+        teacher_is_logprobs=False,
+        hard_weight=hard_weight,
     )
     return loss
 
@@ -365,13 +360,15 @@ def test_opcheck():
     for name in STUDENT:
         inputs[name].requires_grad_()
     # float64 scales the saved gradients out of place, so every check runs; float32 scales in place.
-    torch.library.opcheck(_fused_op, (*args, row_scale, labels.clamp_min(0), 0.5, 2, 0.0, 0.5, 2, True, True))
-    torch.library.opcheck(_fused_op, (*args, row_scale, None, 0.0, 0, 0.0, 1.0, 0, True, True))
-    torch.library.opcheck(_fused_op, (*args, row_scale, None, 0.0, 0, 0.0, 1.0, 0, False, True))
+    torch.library.opcheck(
+        _fused_op, fused_op.op_args(*args, row_scale, labels.clamp_min(0), 0.5, 2, 0.0, 0.5, 2, True, True)
+    )
+    torch.library.opcheck(_fused_op, fused_op.op_args(*args, row_scale, None, 0.0, 0, 0.0, 1.0, 0, True, True))
+    torch.library.opcheck(_fused_op, fused_op.op_args(*args, row_scale, None, 0.0, 0, 0.0, 1.0, 0, False, True))
     args32 = [a.detach().float().requires_grad_() for a in args]
     torch.library.opcheck(
         _fused_op,
-        (*args32, row_scale.float(), None, 0.0, 0, 0.0, 1.0, 3, True, True),
+        fused_op.op_args(*args32, row_scale.float(), None, 0.0, 0, 0.0, 1.0, 3, True, True),
         test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
     )
 

@@ -7,7 +7,11 @@ import fdiv_ops
 import pytest
 import torch
 from fdiv_ops import reference as ref
-from fdiv_ops.ops.sequence_logprobs import _linear_backward_op, _linear_op, _seq_backward_op, _seq_op
+from fdiv_ops.ops.sequence_logprobs import linear_backward_op, linear_op, seq_backward_op, seq_op
+
+_seq_op, _seq_backward_op, _linear_op, _linear_backward_op = (
+    o.op for o in (seq_op, seq_backward_op, linear_op, linear_backward_op)
+)
 
 
 def _inputs(shape, vocab, dtype=torch.float64, device="cpu", scale=3.0, ignore_frac=0.2):
@@ -320,20 +324,23 @@ def test_bad_input_names_the_argument(call, error, message):
 def test_opcheck():
     logits, labels = _inputs((2, 3), 9, torch.float32)
     logits.requires_grad_()
-    torch.library.opcheck(_seq_op, (logits, labels, -100, 0.9, True))
-    torch.library.opcheck(_seq_op, (logits, labels, -100, 1.0, False))
-    _, ent, stats = _seq_op(logits.detach(), labels, -100, 0.9, True)
-    torch.library.opcheck(_seq_backward_op, (logits.detach(), labels, stats, ent, torch.randn(2, 3), None, -100, 0.9))
+    torch.library.opcheck(_seq_op, seq_op.op_args(logits, labels, -100, 0.9, True))
+    torch.library.opcheck(_seq_op, seq_op.op_args(logits, labels, -100, 1.0, False))
+    _, ent, stats = seq_op(logits.detach(), labels, -100, 0.9, True)
+    torch.library.opcheck(
+        _seq_backward_op,
+        seq_backward_op.op_args(logits.detach(), labels, stats, ent, torch.randn(2, 3), None, -100, 0.9),
+    )
     hidden = torch.randn(6, 4, requires_grad=True)
     weight = torch.randn(9, 4, requires_grad=True)
     bias = torch.randn(9, requires_grad=True)
     flat = labels.reshape(-1)
-    torch.library.opcheck(_linear_op, (hidden, weight, bias, flat, -100, 1.0, True, 4))
-    torch.library.opcheck(_linear_op, (hidden, weight, None, flat, -100, 1.0, False, 2))
-    _, ent, stats = _linear_op(hidden.detach(), weight.detach(), bias.detach(), flat, -100, 1.0, True, 4)
+    torch.library.opcheck(_linear_op, linear_op.op_args(hidden, weight, bias, flat, -100, 1.0, True, 4))
+    torch.library.opcheck(_linear_op, linear_op.op_args(hidden, weight, None, flat, -100, 1.0, False, 2))
+    _, ent, stats = linear_op(hidden.detach(), weight.detach(), bias.detach(), flat, -100, 1.0, True, 4)
     torch.library.opcheck(
         _linear_backward_op,
-        (
+        linear_backward_op.op_args(
             hidden.detach(),
             weight.detach(),
             bias.detach(),
@@ -350,7 +357,9 @@ def test_opcheck():
     )
     torch.library.opcheck(
         _linear_backward_op,
-        (hidden.detach(), weight.detach(), None, flat, stats, ent, torch.randn(6), None, -100, 1.0, 4, False),
+        linear_backward_op.op_args(
+            hidden.detach(), weight.detach(), None, flat, stats, ent, torch.randn(6), None, -100, 1.0, 4, False
+        ),
     )
 
 

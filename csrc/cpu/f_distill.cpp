@@ -86,8 +86,10 @@ void scaled_sums(const T* x, const T* t, const T* f, int64_t n, double* abs_sum,
 }
 
 // Below this many elements the work (~tens of microseconds) is smaller than waking and joining a thread
-// team, which on a loaded machine can cost milliseconds: stay on the calling thread.
-constexpr int64_t kParallelMinElems = 1 << 16;
+// team, which on a loaded machine can cost milliseconds: stay on the calling thread. Above it, threads take
+// jobs of ~64 Ki elements (dynamic schedule), so a thread descheduled on a shared machine holds back one job,
+// not a static half of the batch.
+constexpr int64_t kParallelMinElems = 1 << 16, kJobElems = 1 << 16;
 
 template <typename T>
 void f_distill_impl(const FDistillArgs& a, int num_threads) {
@@ -106,6 +108,8 @@ void f_distill_impl(const FDistillArgs& a, int num_threads) {
   const A* log_h = static_cast<const A*>(a.h);
   const double log_den = f_distill_log_denominator(static_cast<const A*>(a.h_stats));
   const bool parallel = B * D >= kParallelMinElems;
+  const int64_t samples_per_job = std::max<int64_t>(1, kJobElems / D),
+                chunks_per_job = std::max<int64_t>(1, kJobElems / chunk);
 
   // Sample b's sums -> its outputs; per_sample[2b] = the gradient scale, per_sample[2b + 1] = its loss.
   auto finish = [&](int64_t b, double abs_sum, double sq_sum) {
@@ -123,7 +127,7 @@ void f_distill_impl(const FDistillArgs& a, int num_threads) {
   if (nchunks == 1 && B >= num_threads) {
     // Sample-major: each sample's second pass follows its first while teacher and fake are still in cache,
     // and one parallel region does it all.
-#pragma omp parallel for num_threads(num_threads) schedule(static) if (parallel)
+#pragma omp parallel for num_threads(num_threads) schedule(dynamic, samples_per_job) if (parallel)
     for (int64_t b = 0; b < B; ++b) {
       A abs_sum, sq_sum;
       chunk_sums(x + b * D, t + b * D, f + b * D, D, &abs_sum, &sq_sum);
@@ -131,7 +135,7 @@ void f_distill_impl(const FDistillArgs& a, int num_threads) {
     }
   } else {
     // Chunk-major: (sample, chunk) jobs so that a few large samples still use every core.
-#pragma omp parallel for num_threads(num_threads) schedule(static) if (parallel)
+#pragma omp parallel for num_threads(num_threads) schedule(dynamic, chunks_per_job) if (parallel)
     for (int64_t job = 0; job < jobs; ++job) {
       const int64_t b = job / nchunks, begin = (job % nchunks) * chunk, off = b * D + begin;
       A abs_sum, sq_sum;
@@ -147,7 +151,7 @@ void f_distill_impl(const FDistillArgs& a, int num_threads) {
       }
       finish(b, abs_sum, sq_sum);
     }
-#pragma omp parallel for num_threads(num_threads) schedule(static) if (parallel)
+#pragma omp parallel for num_threads(num_threads) schedule(dynamic, chunks_per_job) if (parallel)
     for (int64_t job = 0; job < jobs; ++job) {
       const int64_t b = job / nchunks, begin = (job % nchunks) * chunk, off = b * D + begin;
       chunk_grad(t + off, f + off, std::min(chunk, D - begin), A(per_sample[2 * b]), g + off);

@@ -1,4 +1,6 @@
 // CUDA side of the divergence evaluation binding: the same functors as the CPU, on the device.
+// One pass; per element one call each of f, psi and h (divergences.h): 0 to 5 exp/log each, by divergence
+// (e.g. js: f 5, psi 2, h 1; reverse_kl: none). A test binding, not a hot path.
 #include "fdiv_ops/cuda_utils.cuh"
 #include "fdiv_ops/divergence_eval.h"
 

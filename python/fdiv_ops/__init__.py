@@ -15,7 +15,7 @@ from .divergences import (
 )
 from .nn import FDPG, FDistillLoss, FDivergenceLoss, FusedLinearFDivergenceLoss
 from .ops.alignment import f_dpg_loss, f_dpo_loss, group_normalized_advantages
-from .ops.divergence_psi import divergence_terms
+from .ops.divergence_terms import divergence_terms
 from .ops.f_distill import FDistillResult, f_distill, f_distill_loss
 from .ops.f_divergence import f_divergence_loss
 from .ops.fused_linear import fused_linear_f_divergence

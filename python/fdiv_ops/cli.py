@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, _cuda_status
 from ._backend import build_info, cuda_available
 
 PRESETS = ("tiny", "quick", "headline", "full")
@@ -36,7 +36,7 @@ def _info(_args) -> int:
     for key, value in build_info().items():
         print(f"  {key}: {value}")
     print(f"  torch threads: {torch.get_num_threads()}")
-    print(f"  torch CUDA: {torch.version.cuda or 'none'}, usable by fdiv_ops: {cuda_available()}")
+    print("\n".join(f"  {line}" for line in _cuda_status.info_lines()))
     if cuda_available():
         for index in range(torch.cuda.device_count()):
             print(f"  device cuda:{index}: {torch.cuda.get_device_name(index)}")

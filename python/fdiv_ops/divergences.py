@@ -59,6 +59,20 @@ class Divergence:
             raise ValueError(f"{self.name}: {pname} {error}, got {value!r}")
         object.__setattr__(self, "param", value)
 
+    def check_compute_dtype(self, dtype: torch.dtype, *, argname: str = "divergence") -> Divergence:
+        """Self, if its parameter is valid in the dtype the kernels compute in for `dtype` inputs (float32 for
+        float32/bfloat16/float16, float64 for float64): e.g. alpha(1 - 1e-9) rounds to 1 in float32 and would
+        give NaN there. The constructor checked it in float64 already."""
+        if self.param is None or dtype == torch.float64:
+            return self
+        error = _param_error(_TABLE[self.name][0], self.param, True)
+        if error is not None:
+            pname = _TABLE[self.name][2]
+            raise ValueError(
+                f"{argname}: {self.name}'s {pname} {error}, got {self.param!r} (computed in float32 for {dtype} inputs)"
+            )
+        return self
+
     @property
     def kernel_id(self) -> int:
         """The id of the C++ functor (csrc/include/fdiv_ops/divergences.h)."""

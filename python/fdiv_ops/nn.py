@@ -7,10 +7,22 @@ import math
 import torch
 from torch import nn
 
-from ._validation import check_interval, check_positive
+from ._validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_interval,
+    check_positive,
+    check_process_group,
+    check_range,
+    is_number,
+)
 from .divergences import Divergence, resolve
-from .ops.alignment import f_dpg_loss
-from .ops.divergence_psi import divergence_terms
+from .ops import f_distill as _f_distill
+from .ops import f_divergence as _f_divergence
+from .ops import fused_linear as _fused_linear
+from .ops.alignment import f_dpg_loss, validate_dpg
+from .ops.divergence_terms import divergence_terms
 from .ops.f_distill import compute_weights, f_distill
 from .ops.f_divergence import DEFAULT_MAX_VOCAB_PAD, f_divergence_loss
 from .ops.fused_linear import fused_linear_f_divergence
@@ -57,21 +69,33 @@ class FDistillLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.divergence = resolve(divergence)
+        if self.divergence.name == "total_variation":
+            raise ValueError("divergence: total_variation has h = 0 and no f-distill gradient; choose another")
+        check_positive("logit_clamp", logit_clamp)
+        check_interval("ratio_clip", ratio_clip)
+        check_bool("normalize", normalize)
+        check_positive("eps", eps)
+        check_choice("reduction", reduction, _f_distill.REDUCTIONS)
+        check_process_group("process_group", process_group)
+        check_int("num_time_bins", num_time_bins, minimum=0)
+        check_range("ema_rate", ema_rate, 0.0, 1.0, hi_open=True)
+        if (
+            not isinstance(time_range, (tuple, list))
+            or len(time_range) != 2
+            or not all(is_number(v) for v in time_range)
+        ):
+            raise TypeError(f"time_range must be a pair (lo, hi) of numbers, got {time_range!r}")
+        lo, hi = time_range
+        if not (-math.inf < lo and lo < hi and hi < math.inf):
+            raise ValueError(f"time_range must satisfy lo < hi, both finite, got {time_range!r}")
         self.logit_clamp = logit_clamp
-        self.ratio_clip = ratio_clip
+        self.ratio_clip = tuple(ratio_clip)
         self.normalize = normalize
         self.eps = eps
         self.reduction = reduction
         self.process_group = process_group
-        if isinstance(num_time_bins, bool) or not isinstance(num_time_bins, int) or num_time_bins < 0:
-            raise ValueError(f"num_time_bins must be an int >= 0, got {num_time_bins!r}")
-        if not 0.0 <= float(ema_rate) < 1.0:
-            raise ValueError(f"ema_rate must lie in [0, 1), got {ema_rate}")
-        lo, hi = float(time_range[0]), float(time_range[1])
-        if not lo < hi:
-            raise ValueError(f"time_range must satisfy lo < hi, got {time_range!r}")
         self.num_time_bins = num_time_bins
-        self.ema_rate = float(ema_rate)
+        self.ema_rate = ema_rate
         self.time_range = (lo, hi)
         self.register_buffer("bins", torch.ones(num_time_bins, dtype=torch.float32))
         self.last_ratio: torch.Tensor | None = None
@@ -79,19 +103,25 @@ class FDistillLoss(nn.Module):
         self.last_normalizer: torch.Tensor | None = None
         self._last_logits: torch.Tensor | None = None
 
+    def _check_time(self, time: object, batch: int) -> None:
+        if (
+            not isinstance(time, torch.Tensor)
+            or time.shape != (batch,)
+            or time.dtype == torch.bool
+            or time.dtype.is_complex
+        ):
+            got = f"{time.dtype} {tuple(time.shape)}" if isinstance(time, torch.Tensor) else type(time).__name__
+            raise ValueError(f"time must be a real tensor of shape (B,) = ({batch},), got {got}")
+
     def _ratio_divisor(self, disc_logits: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
-        if not isinstance(time, torch.Tensor) or time.shape != (disc_logits.shape[0],):
-            shape = tuple(time.shape) if isinstance(time, torch.Tensor) else type(time).__name__
-            raise ValueError(f"time must be a tensor of shape (B,) = ({disc_logits.shape[0]},), got {shape}")
         lo, hi = self.time_range
         width = (hi - lo) / self.num_time_bins
         idx = ((time.double() - lo) / width).floor().long().clamp(0, self.num_time_bins - 1)
         idx = idx.to(disc_logits.device)
         bins = self.bins.to(disc_logits.device)
         if self.training:
-            lc = check_positive("logit_clamp", self.logit_clamp)
-            rlo, rhi = check_interval("ratio_clip", self.ratio_clip)
-            ratio, _, _ = compute_weights(disc_logits, self.divergence, False, lc, rlo, rhi)
+            rlo, rhi = self.ratio_clip
+            ratio, _, _ = compute_weights(disc_logits, self.divergence, False, self.logit_clamp, rlo, rhi)
             count = torch.zeros_like(bins).scatter_add_(0, idx, torch.ones_like(ratio))
             total = torch.zeros_like(bins).scatter_add_(0, idx, ratio)
             if self.process_group is not None:
@@ -113,12 +143,27 @@ class FDistillLoss(nn.Module):
         *,
         time: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        divisor = None
+        # Everything is checked before the bins change: a rejected call leaves the module as it was.
+        _f_distill.validate(
+            x,
+            teacher_x0,
+            fake_x0,
+            disc_logits,
+            self.divergence,
+            self.logit_clamp,
+            self.ratio_clip,
+            self.normalize,
+            self.eps,
+            self.reduction,
+            self.process_group,
+        )
         if time is not None and self.num_time_bins == 0:
             raise ValueError("time was given but num_time_bins = 0: set num_time_bins to bin the ratio by time")
+        divisor = None
         if self.num_time_bins > 0 and disc_logits is not None:
             if time is None:
                 raise ValueError("time is required when num_time_bins > 0 (the bin of each sample)")
+            self._check_time(time, x.shape[0])
             divisor = self._ratio_divisor(disc_logits, time)
         result = f_distill(
             x,
@@ -145,9 +190,8 @@ class FDistillLoss(nn.Module):
         """E_q[f(r_b)] over the last batch (a 0-d tensor), or None if it had no disc_logits."""
         if self._last_logits is None:
             return None
-        lc = check_positive("logit_clamp", self.logit_clamp)
-        lo, hi = check_interval("ratio_clip", self.ratio_clip)
-        ratio, _, _ = compute_weights(self._last_logits, self.divergence, False, lc, lo, hi)
+        lo, hi = self.ratio_clip
+        ratio, _, _ = compute_weights(self._last_logits, self.divergence, False, self.logit_clamp, lo, hi)
         f, _, _ = divergence_terms(torch.log(ratio), self.divergence)
         return f.mean()
 
@@ -171,8 +215,11 @@ class FDPG(nn.Module):
     ``f_dpg_loss``'s (loss, stats) with ``stats["log_z"]`` (B,) and ``stats["baseline"]`` (B,) added.
     State is updated in training mode only (in eval mode the stored estimates are used; before any
     training step log Z is undefined, NaN). Buffers are float64 and saved in the state dict; move the module
-    to the policy's device (``.to(device)``) so that updating them needs no host copy. Context ids are
-    range-checked on CPU only (a check on CUDA would need a host sync).
+    to the policy's device (``.to(device)``) so that updating them needs no host copy. Every argument is checked
+    before any state changes (a rejected call leaves the buffers as they were). Context ids outside
+    [0, num_contexts) raise ValueError for a CPU tensor in eager mode; on CUDA (and under torch.compile), where
+    that check would need a host sync, such samples get NaN log Z and baseline (so the loss is NaN) and update
+    nothing.
     """
 
     def __init__(
@@ -184,14 +231,13 @@ class FDPG(nn.Module):
         max_exponent: float = 30.0,
     ) -> None:
         super().__init__()
-        if isinstance(num_contexts, bool) or not isinstance(num_contexts, int) or num_contexts < 1:
-            raise ValueError(f"num_contexts must be an int >= 1, got {num_contexts!r}")
-        if not 0.0 <= float(baseline_momentum) < 1.0:
-            raise ValueError(f"baseline_momentum must lie in [0, 1), got {baseline_momentum}")
+        check_int("num_contexts", num_contexts, minimum=1)
+        check_range("baseline_momentum", baseline_momentum, 0.0, 1.0, hi_open=True)
+        check_positive("max_exponent", max_exponent)
         self.divergence = resolve(divergence)
         self.num_contexts = num_contexts
-        self.baseline_momentum = float(baseline_momentum)
-        self.max_exponent = check_positive("max_exponent", max_exponent)
+        self.baseline_momentum = baseline_momentum
+        self.max_exponent = max_exponent
         f64 = dict(dtype=torch.float64)
         self.register_buffer("log_z_sum", torch.full((num_contexts,), -math.inf, **f64))
         self.register_buffer("z_count", torch.zeros(num_contexts, **f64))
@@ -204,28 +250,48 @@ class FDPG(nn.Module):
         return self.log_z_sum - torch.log(self.z_count)
 
     def _context(self, context: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        """The context ids as a long tensor on `device`. Out-of-range ids raise ValueError on CPU; on CUDA (no
+        host sync to check) they are -1 after this: such samples get NaN log Z and baseline and update nothing."""
         if context is None:
             return torch.zeros(batch, dtype=torch.long, device=device)
-        if not isinstance(context, torch.Tensor) or context.shape != (batch,) or context.is_floating_point():
-            shape = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__
-            raise ValueError(f"context must be an integer tensor of shape (B,) = ({batch},), got {shape}")
-        if context.device.type == "cpu" and bool(((context < 0) | (context >= self.num_contexts)).any()):
+        if (
+            not isinstance(context, torch.Tensor)
+            or context.shape != (batch,)
+            or context.is_floating_point()
+            or context.is_complex()
+            or context.dtype == torch.bool
+        ):
+            got = (
+                f"{context.dtype} {tuple(context.shape)}"
+                if isinstance(context, torch.Tensor)
+                else type(context).__name__
+            )
+            raise ValueError(f"context must be an integer tensor of shape (B,) = ({batch},), got {got}")
+        valid = (context >= 0) & (context < self.num_contexts)
+        if context.device.type == "cpu" and not torch.compiler.is_compiling() and not bool(valid.all()):
             raise ValueError(f"context ids must lie in [0, num_contexts) = [0, {self.num_contexts})")
-        return context.to(device=device, dtype=torch.long)
+        return torch.where(valid, context, -1).to(device=device, dtype=torch.long)
 
     @torch.no_grad()
     def _update_z(self, log_w: torch.Tensor, ctx: torch.Tensor) -> None:
-        # per-context log-sum-exp accumulation without a host sync: shift by the per-context max
+        # per-context log-sum-exp accumulation without a host sync: shift by the per-context max; a sample with
+        # an invalid context id (-1) is sent to context 0 with weight 0 (log w = -inf, count 0)
+        valid = ctx >= 0
+        log_w = torch.where(valid, log_w, -math.inf)
+        ctx = ctx.clamp_min(0)
         old = self.log_z_sum.to(log_w.device)
         peak = old.clone().scatter_reduce_(0, ctx, log_w, reduce="amax", include_self=True)
         safe_peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
         summed = torch.zeros_like(old).scatter_add_(0, ctx, torch.exp(log_w - safe_peak[ctx]))
         new = safe_peak + torch.log(torch.exp(old - safe_peak) + summed)
         self.log_z_sum.copy_(torch.where(torch.isfinite(peak), new, old))
-        self.z_count.add_(torch.zeros_like(old).scatter_add_(0, ctx, torch.ones_like(log_w)))
+        self.z_count.add_(torch.zeros_like(old).scatter_add_(0, ctx, valid.to(old.dtype)))
 
     @torch.no_grad()
     def _update_baseline(self, rewards: torch.Tensor, weights: torch.Tensor, ctx: torch.Tensor) -> None:
+        weights = torch.where(ctx >= 0, weights, 0.0)  # an invalid context id updates nothing
+        rewards = torch.where(ctx >= 0, rewards, 0.0)
+        ctx = ctx.clamp_min(0)
         ema = self.baseline_ema.to(rewards.device)
         wsum = torch.zeros_like(ema).scatter_add_(0, ctx, weights)
         wr = torch.zeros_like(ema).scatter_add_(0, ctx, weights * rewards)
@@ -243,16 +309,29 @@ class FDPG(nn.Module):
         proposal_logprobs: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if not isinstance(policy_logprobs, torch.Tensor) or policy_logprobs.dim() != 1:
-            raise ValueError("policy_logprobs must be a tensor of shape (B,)")
+        # Everything is checked before Z and the baseline change: a rejected call leaves the module as it was.
+        validate_dpg(
+            policy_logprobs,
+            target_logscores,
+            None,
+            None,
+            proposal_logprobs,
+            self.divergence,
+            None,
+            None,
+            self.max_exponent,
+        )
         ctx = self._context(context, policy_logprobs.shape[0], policy_logprobs.device)
         if self.training:
             sampler = policy_logprobs if proposal_logprobs is None else proposal_logprobs
             self._update_z(target_logscores.detach().double() - sampler.detach().double(), ctx)
-        log_z = self.log_z.to(policy_logprobs.device)[ctx]
-        steps = self.baseline_steps.to(policy_logprobs.device)[ctx]
-        corrected = self.baseline_ema.to(policy_logprobs.device)[ctx] / (1 - self.baseline_momentum**steps)
-        baseline = torch.where(steps > 0, corrected, torch.zeros_like(corrected))
+        safe = ctx.clamp_min(0)
+        valid = ctx >= 0
+        log_z = torch.where(valid, self.log_z.to(policy_logprobs.device)[safe], math.nan)
+        steps = self.baseline_steps.to(policy_logprobs.device)[safe]
+        corrected = self.baseline_ema.to(policy_logprobs.device)[safe] / (1 - self.baseline_momentum**steps)
+        unseen = torch.where(valid, 0.0, math.nan).to(corrected.dtype)  # a context never seen has no baseline (0)
+        baseline = torch.where(valid & (steps > 0), corrected, unseen)
         loss, stats = f_dpg_loss(
             policy_logprobs,
             target_logscores=target_logscores,
@@ -289,7 +368,12 @@ class FDivergenceLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.divergence = resolve(divergence)
-        self.temperature = check_positive("temperature", temperature)
+        check_positive("temperature", temperature)
+        check_int("ignore_index", ignore_index, allow_none=True)
+        check_choice("reduction", reduction, _f_divergence.REDUCTIONS)
+        check_bool("teacher_is_logprobs", teacher_is_logprobs)
+        check_int("max_vocab_pad", max_vocab_pad, minimum=0, allow_none=True)
+        self.temperature = temperature
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.teacher_is_logprobs = teacher_is_logprobs
@@ -346,8 +430,14 @@ class FusedLinearFDivergenceLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.divergence = resolve(divergence)
-        self.temperature = check_positive("temperature", temperature)
-        self.hard_loss_weight = check_positive("hard_loss_weight", hard_loss_weight, allow_zero=True)
+        check_positive("temperature", temperature)
+        check_int("ignore_index", ignore_index)
+        check_positive("hard_loss_weight", hard_loss_weight, allow_zero=True)
+        check_choice("reduction", reduction, _fused_linear.REDUCTIONS)
+        check_int("chunk_size", chunk_size, minimum=1, allow_none=True)
+        check_int("max_vocab_pad", max_vocab_pad, minimum=0, allow_none=True)
+        self.temperature = temperature
+        self.hard_loss_weight = hard_loss_weight
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.chunk_size = chunk_size

@@ -1,6 +1,11 @@
 """Independent eager PyTorch mirror of every op, float64-capable: the tests' truth and the benchmark's
-eager baseline. Written from docs/math.md, not from the kernels: f, psi and h come from r = p/q with
-explicit limits at r = 0 and r = inf, whereas the C++ functors work in log space.
+eager baseline. Written from docs/math.md, not from the kernels. The divergences are a table of small
+objects (reference_divergences.py): f, psi and h of the log-ratio with their limits at r = 0 and r = inf,
+and the categorical terms q f(p/q), all in forms that stay exact for any finite float64 log-ratio.
+
+Numerics rules (docs/math.md §5), the same as the ops': an entry that is -inf on either side of a
+categorical divergence contributes nothing; NaN or +inf anywhere in a row (or sample) makes exactly that
+row's (sample's) result NaN.
 """
 
 from __future__ import annotations
@@ -11,148 +16,40 @@ import torch
 import torch.nn.functional as F
 
 from .divergences import Divergence, resolve
-
-LOG2 = math.log(2.0)
-
-
-def _limits(l: torch.Tensor, value: torch.Tensor, at_zero: float, at_inf: float) -> torch.Tensor:
-    """`value` where l is finite; the mathematical limits at r = 0 (l = -inf) and r = inf (l = +inf)."""
-    value = torch.where(l == -math.inf, torch.full_like(value, at_zero), value)
-    return torch.where(l == math.inf, torch.full_like(value, at_inf), value)
+from .reference_divergences import categorical, elementwise, lookup
 
 
-def _fin(l: torch.Tensor) -> torch.Tensor:
-    """l with the infinities replaced by 0, so the finite formula evaluates without NaN (masked later)."""
-    return torch.where(torch.isfinite(l), l, torch.zeros_like(l))
+def _elementwise(which: str, divergence: str | Divergence, log_ratio: torch.Tensor) -> torch.Tensor:
+    d = resolve(divergence)
+    obj, param = lookup(d.name, d.param)
+    return elementwise(obj, which, log_ratio, param)
 
 
 def f(divergence: str | Divergence, log_ratio: torch.Tensor) -> torch.Tensor:
     """The generator f(r) at r = exp(log_ratio)."""
-    d = resolve(divergence)
-    l = log_ratio
-    x = _fin(l)
-    r = torch.exp(x)
-    inf = math.inf
-    name, a = d.name, d.param
-    if name == "gkd_jsd" and a in (0.0, 1.0):  # TRL's endpoints
-        return f("forward_kl" if a == 0.0 else "reverse_kl", l)
-    if name == "forward_kl":
-        return _limits(l, torch.special.xlogy(r, r), 0.0, inf)
-    if name == "reverse_kl":
-        return -l
-    if name == "js":
-        return _limits(l, torch.special.xlogy(r, r) - (r + 1) * torch.log((r + 1) / 2), LOG2, inf)
-    if name == "gkd_jsd":
-        m = a * r + 1 - a
-        return _limits(l, a * r * torch.log(r / m) - (1 - a) * torch.log(m), -(1 - a) * math.log(1 - a), inf)
-    if name == "squared_hellinger":
-        return _limits(l, 1 - torch.sqrt(r), 1.0, -inf)
-    if name == "softened_rkl":
-        return _limits(l, (r + 1) * torch.log((r + 1) / (2 * r)), inf, -inf)
-    if name == "jeffreys":
-        return _limits(l, torch.expm1(x) * x, inf, inf)
-    if name == "total_variation":
-        return _limits(l, 0.5 * torch.abs(torch.expm1(x)), 0.5, inf)
-    if name == "pearson_chi2":
-        return _limits(l, torch.expm1(x) ** 2, 1.0, inf)
-    if name == "neyman_chi2":
-        return _limits(l, torch.expm1(x) ** 2 / r, inf, inf)
-    if name == "alpha":
-        value = (torch.expm1(a * x) - a * torch.expm1(x)) / (a * (a - 1))
-        return _limits(l, value, 1 / a if a > 0 else inf, inf)
-    if name == "skew_forward_kl":
-        m = a * r + 1 - a
-        at_inf = inf if a < 1 else 0.0
-        return _limits(l, r * torch.log(r / m), 0.0, at_inf)
-    if name == "skew_reverse_kl":
-        at_zero = -math.log(a) if a > 0 else inf
-        return _limits(l, -torch.log((1 - a) * r + a), at_zero, -inf if a < 1 else 0.0)
-    raise AssertionError(name)
+    return _elementwise("f", divergence, log_ratio)
 
 
 def psi(divergence: str | Divergence, log_ratio: torch.Tensor) -> torch.Tensor:
     """psi(r) = f(r) - r f'(r): the gradient of D_f with respect to the model's own probability."""
-    d = resolve(divergence)
-    l = log_ratio
-    x = _fin(l)
-    r = torch.exp(x)
-    inf = math.inf
-    name, a = d.name, d.param
-    if name == "gkd_jsd" and a in (0.0, 1.0):
-        return psi("forward_kl" if a == 0.0 else "reverse_kl", l)
-    if name == "forward_kl":
-        return _limits(l, -r, 0.0, -inf)
-    if name == "reverse_kl":
-        return 1 - l
-    if name == "js":
-        return _limits(l, torch.log(2 / (1 + r)), LOG2, -inf)
-    if name == "gkd_jsd":
-        return _limits(l, -(1 - a) * torch.log(a * r + 1 - a), -(1 - a) * math.log(1 - a), -inf)
-    if name == "squared_hellinger":
-        return _limits(l, 1 - torch.sqrt(r) / 2, 1.0, -inf)
-    if name == "softened_rkl":
-        return _limits(l, torch.log((r + 1) / (2 * r)) + 1, inf, 1 - LOG2)
-    if name == "jeffreys":
-        return _limits(l, 1 - r - x, inf, -inf)
-    if name == "total_variation":
-        return -0.5 * torch.sign(l)
-    if name == "pearson_chi2":
-        return _limits(l, -torch.expm1(2 * x), 1.0, -inf)
-    if name == "neyman_chi2":
-        return _limits(l, 2 / r - 2, inf, -2.0)
-    if name == "alpha":
-        value = -torch.expm1(a * x) / a
-        return _limits(l, value, 1 / a if a > 0 else inf, -inf if a > 0 else 1 / a)
-    if name == "skew_forward_kl":
-        m = a * r + 1 - a
-        at_inf = -(1 - a) / a if a > 0 else -inf
-        return _limits(l, -(1 - a) * r / m, 0.0, at_inf)
-    if name == "skew_reverse_kl":
-        n = (1 - a) * r + a
-        at_zero = -math.log(a) if a > 0 else inf
-        return _limits(l, -torch.log(n) + (1 - a) * r / n, at_zero, -inf if a < 1 else 0.0)
-    raise AssertionError(name)
+    return _elementwise("psi", divergence, log_ratio)
 
 
 def h(divergence: str | Divergence, log_ratio: torch.Tensor) -> torch.Tensor:
     """h(r) = r^2 f''(r) = -d psi / d log r: the f-distill weighting function."""
+    return _elementwise("h", divergence, log_ratio)
+
+
+def log_h(divergence: str | Divergence, log_ratio: torch.Tensor) -> torch.Tensor:
+    """log h(r), exact where h itself would overflow (alpha with a large |alpha|)."""
+    return _elementwise("log_h", divergence, log_ratio)
+
+
+def qf(divergence: str | Divergence, log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    """The categorical terms q f(p/q) from log q and log p, elementwise (the rules of categorical_divergence)."""
     d = resolve(divergence)
-    l = log_ratio
-    x = _fin(l)
-    r = torch.exp(x)
-    inf = math.inf
-    name, a = d.name, d.param
-    if name == "gkd_jsd" and a in (0.0, 1.0):
-        return h("forward_kl" if a == 0.0 else "reverse_kl", l)
-    ones = torch.ones_like(r)
-    if name == "forward_kl":
-        return _limits(l, r, 0.0, inf)
-    if name == "reverse_kl":
-        return ones
-    if name == "js":
-        return _limits(l, r / (r + 1), 0.0, 1.0)
-    if name == "gkd_jsd":
-        return _limits(l, a * (1 - a) * r / (a * r + 1 - a), 0.0, 1 - a)
-    if name == "squared_hellinger":
-        return _limits(l, torch.sqrt(r) / 4, 0.0, inf)
-    if name == "softened_rkl":
-        return _limits(l, 1 / (r + 1), 1.0, 0.0)
-    if name == "jeffreys":
-        return _limits(l, r + 1, 1.0, inf)
-    if name == "total_variation":
-        return torch.zeros_like(r)
-    if name == "pearson_chi2":
-        return _limits(l, 2 * r**2, 0.0, inf)
-    if name == "neyman_chi2":
-        return _limits(l, 2 / r, inf, 0.0)
-    if name == "alpha":
-        return _limits(l, r**a, 0.0 if a > 0 else inf, inf if a > 0 else 0.0)
-    if name == "skew_forward_kl":
-        return _limits(l, (1 - a) ** 2 * r / (a * r + 1 - a) ** 2, 0.0, 0.0 if a > 0 else inf)
-    if name == "skew_reverse_kl":
-        u = (1 - a) * r / ((1 - a) * r + a)
-        return _limits(l, u**2, 0.0 if a > 0 else 1.0, 1.0 if a < 1 else 0.0)
-    raise AssertionError(name)
+    obj, param = lookup(d.name, d.param)
+    return categorical(obj, log_q, log_p, param)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -167,13 +64,22 @@ def f_distill_weights(
     ratio_clip: tuple[float, float] = (0.1, 20.0),
     ratio_divisor: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(r_b, h(r_b)) from the discriminator logits (B,) or (B, K), in the logits' dtype."""
+    """(r_b, h(r_b)) from the discriminator logits (B,) or (B, K), in the logits' dtype. A NaN logit gives
+    NaN r_b and h_b (torch.clamp keeps NaN): a broken discriminator shows, it is never clipped to a number."""
     logits = disc_logits.reshape(disc_logits.shape[0], -1)
     ell = logits.mean(dim=1).clamp(-logit_clamp, logit_clamp)
     r = torch.exp(ell).clamp(ratio_clip[0], ratio_clip[1])
     if ratio_divisor is not None:
         r = r / ratio_divisor
     return r, h(divergence, torch.log(r))
+
+
+def _normalized_h(log_hb: torch.Tensor) -> torch.Tensor:
+    """h_b / (mean h + 1e-6) from log h_b, in log space (h = r^alpha overflows float32 for |alpha| >= 30).
+    The mean runs over the samples whose h is not NaN, so a NaN sample stays the only NaN one."""
+    valid = ~torch.isnan(log_hb)
+    log_mean = torch.logsumexp(torch.where(valid, log_hb, -math.inf), dim=0) - torch.log(valid.sum().to(log_hb))
+    return torch.exp(log_hb - torch.logaddexp(log_mean, torch.tensor(math.log(1e-6), dtype=log_hb.dtype)))
 
 
 def f_distill_loss(
@@ -190,24 +96,33 @@ def f_distill_loss(
     reduction: str = "mean",
     ratio_divisor: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Eager f-distill / DMD2 generator loss; its gradient to x is g / (B D) ("mean") or g ("sum")."""
+    """Eager f-distill / DMD2 generator loss (docs/math.md §2): value 0.5 mean(g^2) ("mean"), 0.5 sum(g^2)
+    ("sum") or the per-sample 0.5 mean_i g_bi^2 ("none"); its gradient to x is g / (B D), g, or g_b / D.
+
+    Trainers write 0.5 * mse(x, (x - g).detach()), which is that value and gradient in exact arithmetic but
+    loses g to rounding once |x| >> |g| (x ~ 1e18 in float64 gives 0). Here the value is formed from g
+    alone and the gradient from (x - x.detach()) * g, whose value is exactly 0: both exact at any scale."""
     batch = x.shape[0]
     with torch.no_grad():
         if disc_logits is None:
             hb = torch.ones(batch, dtype=x.dtype, device=x.device)
         else:
-            _, hb = f_distill_weights(
+            r, _ = f_distill_weights(
                 disc_logits, divergence, logit_clamp=logit_clamp, ratio_clip=ratio_clip, ratio_divisor=ratio_divisor
             )
-            hb = hb.to(x.dtype)
-            if normalize:
-                hb = hb / (hb.mean() + 1e-6)
+            log_hb = log_h(divergence, torch.log(r))
+            hb = (_normalized_h(log_hb) if normalize else torch.exp(log_hb)).to(x.dtype)
         view = (batch,) + (1,) * (x.dim() - 1)
         normalizer = (x - teacher_x0).abs().reshape(batch, -1).mean(dim=1)
         weight = hb / (normalizer + eps)
         g = weight.view(view) * (fake_x0 - teacher_x0)
-        target = (x - g).detach()
-    return 0.5 * F.mse_loss(x, target, reduction=reduction)
+        value = 0.5 * g * g
+    surrogate = (x - x.detach()) * g  # value exactly 0, gradient g
+    if reduction == "sum":
+        return value.sum() + surrogate.sum()
+    if reduction == "none":
+        return value.reshape(batch, -1).mean(dim=1) + surrogate.reshape(batch, -1).mean(dim=1)
+    return value.mean() + surrogate.mean()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -222,22 +137,38 @@ def sequence_logprobs(
     temperature: float = 1.0,
     return_entropy: bool = False,
 ):
-    """log_softmax(logits / T) gathered at the labels (0 where ignored), and the entropy when asked."""
-    log_probs = torch.log_softmax(logits / temperature, dim=-1)
+    """log_softmax(logits / T) gathered at the labels (0 where ignored), and the entropy when asked.
+
+    A row of all -inf logits gives log-prob -inf and entropy 0 (no distribution to be uncertain about); a
+    row holding a NaN or +inf logit gives NaN for both (NaN in, NaN out for that row)."""
+    scaled = logits / temperature
+    row_max = scaled.amax(dim=-1)  # one cheap pass decides the row rules (amax keeps NaN)
+    dead = row_max == -math.inf
+    bad = torch.isnan(row_max) | (row_max == math.inf)
+    log_probs = torch.log_softmax(torch.where(dead.unsqueeze(-1), 0.0, scaled), dim=-1)  # no NaN from dead rows
     keep = labels != ignore_index
     picked = log_probs.gather(-1, torch.where(keep, labels, torch.zeros_like(labels)).unsqueeze(-1)).squeeze(-1)
+    picked = torch.where(bad, math.nan, torch.where(dead, -math.inf, picked))
     picked = torch.where(keep, picked, torch.zeros_like(picked))
     if not return_entropy:
         return picked
-    finite = torch.where(torch.isfinite(log_probs), log_probs, torch.zeros_like(log_probs))  # p log p -> 0 at p = 0
-    entropy = -(log_probs.exp() * finite).sum(-1)
+    # p log p -> 0 at p = 0; a NaN entry stays NaN through exp(NaN) * 0
+    finite = torch.where(torch.isfinite(log_probs), log_probs, torch.zeros_like(log_probs))
+    entropy = torch.where(dead, 0.0, -(log_probs.exp() * finite).sum(-1))
     return picked, torch.where(keep, entropy, torch.zeros_like(entropy))
+
+
+def _sigmoid_loss(z: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """-(1 - eps) log sigmoid(z) - eps log sigmoid(-z); the eps term is left out at eps = 0, so that z = +inf
+    gives 0 rather than inf * 0 = NaN."""
+    losses = -F.logsigmoid(z) * (1 - label_smoothing)
+    return losses - F.logsigmoid(-z) * label_smoothing if label_smoothing else losses
 
 
 def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta=0.1, label_smoothing=0.0):
     """Plain DPO, sigmoid loss with conservative label smoothing: (losses, chosen_rewards, rejected_rewards)."""
     logits = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)
-    losses = -F.logsigmoid(beta * logits) * (1 - label_smoothing) - F.logsigmoid(-beta * logits) * label_smoothing
+    losses = _sigmoid_loss(beta * logits, label_smoothing)
     return losses, beta * (policy_chosen - ref_chosen).detach(), beta * (policy_rejected - ref_rejected).detach()
 
 
@@ -300,7 +231,7 @@ def f_dpo_loss(
     l_w, l_l = ref_chosen - policy_chosen, ref_rejected - policy_rejected
     psi_w, psi_l = psi(divergence, l_w), psi(divergence, l_l)
     z = beta * (psi_w - psi_l)
-    losses = -F.logsigmoid(z) * (1 - label_smoothing) - F.logsigmoid(-z) * label_smoothing
+    losses = _sigmoid_loss(z, label_smoothing)
     psi_1 = psi(divergence, torch.zeros_like(l_w))
     return losses, (beta * (psi_w - psi_1)).detach(), (beta * (psi_l - psi_1)).detach()
 
@@ -354,12 +285,9 @@ def _safe_log_softmax(x: torch.Tensor) -> torch.Tensor:
 
 
 def categorical_divergence(divergence: str | Divergence, log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
-    """sum_v q_v f(p_v/q_v) over the last dim; entries that are -inf on either side contribute 0."""
-    keep = (log_q > -math.inf) & (log_p > -math.inf)
-    l = torch.where(keep, log_p - log_q, torch.zeros_like(log_q))
-    q = torch.exp(torch.where(keep, log_q, torch.zeros_like(log_q)))
-    term = torch.where(keep, q * f(divergence, l), torch.zeros_like(q))
-    return term.sum(dim=-1)
+    """sum_v q_v f(p_v/q_v) over the last dim. Entries that are -inf on either side contribute 0; a NaN or
+    +inf entry on either side makes the row NaN (reference_divergences.categorical)."""
+    return qf(divergence, log_q, log_p).sum(dim=-1)
 
 
 def _reduce(row: torch.Tensor, labels, ignore_index, reduction, num_items_in_batch) -> torch.Tensor:
@@ -412,7 +340,7 @@ def f_divergence_topk_loss(
 ) -> torch.Tensor:
     """The top-k definition: D_f between the (k+1)-category distributions {the teacher's k tokens, one
     bucket with each side's remaining mass}; the student's bucket is a log-sum-exp over its other tokens."""
-    log_q_all = F.log_softmax(student_logits / temperature, dim=-1)
+    log_q_all = _safe_log_softmax(student_logits / temperature)
     log_q_top = log_q_all.gather(-1, indices)
     outside = torch.ones_like(log_q_all, dtype=torch.bool).scatter(-1, indices, False)
     log_q_rest = torch.logsumexp(torch.where(outside, log_q_all, -math.inf), dim=-1, keepdim=True)

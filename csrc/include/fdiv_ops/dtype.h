@@ -1,5 +1,5 @@
-// Element types crossing the binding: an enum (Python maps torch dtypes onto it) and the accumulation
-// type of each (fp32 for fp32/bf16/fp16, fp64 for fp64).
+// Element types of the kernels: an enum (the bindings derive it from each tensor's DLPack dtype) and the
+// accumulation type of each (fp32 for fp32/bf16/fp16, fp64 for fp64).
 #pragma once
 
 #include <cstdint>
@@ -20,11 +20,6 @@ struct AccOf<double> {
 };
 template <typename T>
 using acc_t = typename AccOf<T>::type;
-
-inline DType dtype_from_int(int code) {
-  if (code < 0 || code > 3) throw std::invalid_argument("fdiv_ops: unknown dtype code " + std::to_string(code));
-  return static_cast<DType>(code);
-}
 
 // FDIV_DISPATCH_FLOATING(dtype, BF16_TYPE, F16_TYPE, [&] { body using scalar_t; })
 // The 16-bit storage types differ per backend (CPU structs, CUDA __nv_bfloat16/__half), so the caller

@@ -18,7 +18,7 @@ import torch
 from .._validation import check_choice
 from ..divergences import Divergence, alpha, gkd_jsd, resolve
 from ..ops.alignment import f_dpo_loss
-from ..ops.divergence_psi import dtype_max_exponent
+from ..ops.divergence_terms import dtype_max_exponent
 from ..ops.f_divergence import f_divergence_loss
 
 TESTED_TRL_VERSIONS = ("1.16.0",)

@@ -1,6 +1,6 @@
 """Sequence-level alignment losses (docs/math.md §4): f-DPO, f-DPG and group-normalised advantages.
 
-All three apply the psi of the C++ functors (ops/divergence_psi.py) to sequence log-ratios; the heavy part,
+All three apply the psi of the C++ functors (ops/divergence_terms.py) to sequence log-ratios; the heavy part,
 log pi(x) from logits, is sequence_logprobs. Everything here is O(B) elementwise work with no host sync.
 """
 
@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._validation import check_float_tensor, check_positive, check_same
+from .._validation import check_float_tensor, check_int, check_positive, check_range, check_same, is_number
 from ..divergences import Divergence, resolve
-from .divergence_psi import clamp_log_ratio, divergence_terms
+from ._plumbing import operand
+from .divergence_terms import clamp_log_ratio, divergence_terms
 
 
 def _compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
@@ -64,7 +65,7 @@ def f_dpo_loss(
     TRL clamps its alpha branch's exponent at log(float32 max) = 88.7228 instead, where constant factors
     (1/alpha, pearson's 2) overflow to inf and the saturated sigmoid's zero gradient meets them as NaN;
     the default 50 leaves 16 decimal orders of headroom and equals TRL whenever alpha |log u| <= 50
-    (``max_exponent=fdiv_ops.ops.divergence_psi.dtype_max_exponent(torch.float32)`` reproduces TRL's clamp).
+    (``max_exponent=fdiv_ops.ops.divergence_terms.dtype_max_exponent(torch.float32)`` reproduces TRL's clamp).
     Inputs: four tensors of one shape (B,), any float dtype (computed in float32, or float64 if any input is
     float64). Returns (losses, chosen_rewards, rejected_rewards), each (B,).
     """
@@ -73,15 +74,10 @@ def f_dpo_loss(
     _check_batch("policy_rejected_logps", policy_rejected_logps, "policy_chosen_logps", ref)
     _check_batch("ref_chosen_logps", ref_chosen_logps, "policy_chosen_logps", ref)
     _check_batch("ref_rejected_logps", ref_rejected_logps, "policy_chosen_logps", ref)
-    div = resolve(divergence)
-    beta = check_positive("beta", beta)
-    if (
-        isinstance(label_smoothing, bool)
-        or not isinstance(label_smoothing, (int, float))
-        or not 0.0 <= label_smoothing <= 0.5
-    ):
-        raise ValueError(f"label_smoothing must be a number in [0, 0.5], got {label_smoothing!r}")
+    check_positive("beta", beta)
+    check_range("label_smoothing", label_smoothing, 0.0, 0.5)
     dtype = _compute_dtype(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    div = resolve(divergence).check_compute_dtype(dtype)
     cap = _check_exponent(max_exponent)
 
     # log r = log pi_ref - log pi, chosen and rejected in one elementwise call
@@ -104,8 +100,7 @@ def f_dpo_loss(
 
 
 def _check_group_size(group_size: object, batch: int) -> int:
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
-        raise ValueError(f"group_size must be an int >= 2 (a standard deviation needs two samples), got {group_size!r}")
+    check_int("group_size", group_size, minimum=2)  # a standard deviation needs two samples
     if batch % group_size != 0:
         raise ValueError(f"group_size must divide the batch: B = {batch} is not divisible by group_size = {group_size}")
     return group_size
@@ -125,11 +120,12 @@ def group_normalized_advantages(
         raise ValueError(f"rewards must have shape (B,), got {tuple(rewards.shape)}")
     g = _check_group_size(group_size, rewards.shape[0])
     check_positive("eps", eps, allow_zero=True)
+    if clip is not None:
+        check_positive("clip", clip)
     grouped = rewards.reshape(-1, g)
     adv = (grouped - grouped.mean(dim=1, keepdim=True)) / (grouped.std(dim=1, keepdim=True) + eps)
     if clip is not None:
-        clip = check_positive("clip", clip)
-        adv = adv.clamp(-clip, clip)
+        adv = adv.clamp(operand(-clip, adv), operand(clip, adv))
     return adv.reshape(-1)
 
 
@@ -137,17 +133,75 @@ def group_normalized_advantages(
 # f-DPG
 
 
-def _as_batch_tensor(name: str, value: object, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A number, a scalar tensor or a (B,) tensor as a (B,)-broadcastable tensor on like's device."""
+def _check_batch_value(name: str, value: object, like: torch.Tensor) -> None:
+    """A number, a scalar tensor or a (B,) tensor on like's device."""
+    if is_number(value):
+        return
     if isinstance(value, bool):
         raise TypeError(f"{name} must be a number or a tensor, got bool")
-    if isinstance(value, (int, float)):
-        return torch.full((), float(value), dtype=dtype, device=like.device)
     check_float_tensor(name, value)
     check_same(name, value, "policy_logprobs", like, shape=False, dtype=False)
     if value.shape not in ((), (1,), like.shape):
         raise ValueError(f"{name} must be a scalar or have shape (B,) = {tuple(like.shape)}, got {tuple(value.shape)}")
-    return value.detach().to(dtype)
+
+
+def _as_batch_tensor(value: float | torch.Tensor, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A checked number or tensor as a (B,)-broadcastable tensor on like's device (detached)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(dtype)
+    if torch.compiler.is_compiling():  # tensor arithmetic keeps a value that changes between calls symbolic
+        return torch.ones((), dtype=dtype, device=like.device) * value
+    return torch.full((), value, dtype=dtype, device=like.device)
+
+
+def validate_dpg(
+    policy_logprobs,
+    target_logscores,
+    log_z,
+    log_ratio,
+    proposal_logprobs,
+    divergence,
+    baseline,
+    group_size,
+    max_exponent,
+) -> tuple[Divergence, torch.dtype]:
+    """Every argument of f_dpg_loss checked (FDPG runs this before it touches its state); returns the divergence
+    and the compute dtype."""
+    check_float_tensor("policy_logprobs", policy_logprobs)
+    if policy_logprobs.dim() != 1 or policy_logprobs.shape[0] == 0:
+        raise ValueError(f"policy_logprobs must have shape (B,) with B >= 1, got {tuple(policy_logprobs.shape)}")
+    if (target_logscores is None) == (log_ratio is None):
+        raise ValueError(
+            "target_logscores and log_ratio: give exactly one (target log-scores log P(x) with "
+            "log_z, or a discriminator's log density ratio)"
+        )
+    if log_ratio is not None and log_z is not None:
+        raise ValueError("log_z goes with target_logscores; with log_ratio it must be None")
+    if target_logscores is not None:
+        _check_batch("target_logscores", target_logscores, "policy_logprobs", policy_logprobs)
+    else:
+        _check_batch("log_ratio", log_ratio, "policy_logprobs", policy_logprobs)
+    if log_z is not None:
+        _check_batch_value("log_z", log_z, policy_logprobs)
+    if proposal_logprobs is not None:
+        _check_batch("proposal_logprobs", proposal_logprobs, "policy_logprobs", policy_logprobs)
+    _check_exponent(max_exponent)
+    batch = policy_logprobs.shape[0]
+    if group_size is not None:
+        _check_group_size(group_size, batch)
+        if not (baseline is None or (isinstance(baseline, str) and baseline == "mean")):
+            raise ValueError(
+                "baseline must be 'mean' or None when group_size is given (the group mean is the baseline)"
+            )
+    elif isinstance(baseline, str):
+        if baseline != "mean":
+            raise ValueError(f"baseline must be 'mean', None, a number or a tensor, got {baseline!r}")
+    elif baseline is not None:
+        _check_batch_value("baseline", baseline, policy_logprobs)
+    given = [t for t in (target_logscores, log_ratio, proposal_logprobs) if isinstance(t, torch.Tensor)]
+    dtype = _compute_dtype(policy_logprobs, *given)
+    div = resolve(divergence).check_compute_dtype(dtype)
+    return div, dtype
 
 
 def f_dpg_loss(
@@ -202,45 +256,32 @@ def f_dpg_loss(
     ``advantages`` and ``log_ratio`` (after clamping), and the scalar ``divergence``: mean_i w_i f(r_i),
     the importance-sampled estimate of D_f(p||pi) (from the clamped ratio).
     """
-    check_float_tensor("policy_logprobs", policy_logprobs)
-    if policy_logprobs.dim() != 1 or policy_logprobs.shape[0] == 0:
-        raise ValueError(f"policy_logprobs must have shape (B,) with B >= 1, got {tuple(policy_logprobs.shape)}")
-    if (target_logscores is None) == (log_ratio is None):
-        raise ValueError(
-            "target_logscores and log_ratio: give exactly one (target log-scores log P(x) with "
-            "log_z, or a discriminator's log density ratio)"
-        )
-    if log_ratio is not None and log_z is not None:
-        raise ValueError("log_z goes with target_logscores; with log_ratio it must be None")
-    div = resolve(divergence)
-    cap = _check_exponent(max_exponent)
-    batch = policy_logprobs.shape[0]
-    if group_size is not None:
-        _check_group_size(group_size, batch)
-        if not (baseline is None or (isinstance(baseline, str) and baseline == "mean")):
-            raise ValueError(
-                "baseline must be 'mean' or None when group_size is given (the group mean is the baseline)"
-            )
-    elif isinstance(baseline, str) and baseline != "mean":
-        raise ValueError(f"baseline must be 'mean', None, a number or a tensor, got {baseline!r}")
-    given = [t for t in (target_logscores, log_ratio, proposal_logprobs) if isinstance(t, torch.Tensor)]
-    dtype = _compute_dtype(policy_logprobs, *given)
+    div, dtype = validate_dpg(
+        policy_logprobs,
+        target_logscores,
+        log_z,
+        log_ratio,
+        proposal_logprobs,
+        divergence,
+        baseline,
+        group_size,
+        max_exponent,
+    )
+    cap = max_exponent
 
     with torch.no_grad():
         log_pi = policy_logprobs.detach().to(dtype)
         if target_logscores is not None:
-            _check_batch("target_logscores", target_logscores, "policy_logprobs", policy_logprobs)
-            z = _as_batch_tensor("log_z", 0.0 if log_z is None else log_z, policy_logprobs, dtype)
+            z = _as_batch_tensor(0.0 if log_z is None else log_z, policy_logprobs, dtype)
             ell = target_logscores.detach().to(dtype) - z - log_pi
         else:
-            _check_batch("log_ratio", log_ratio, "policy_logprobs", policy_logprobs)
             ell = log_ratio.detach().to(dtype)
         ell = clamp_log_ratio(ell, div, cap, of_f=True)
         f_val, psi, _ = divergence_terms(ell, div)
         rewards = -psi
         if proposal_logprobs is not None:
-            _check_batch("proposal_logprobs", proposal_logprobs, "policy_logprobs", policy_logprobs)
-            weights = torch.exp((log_pi - proposal_logprobs.detach().to(dtype)).clamp(max=cap))
+            log_w = log_pi - proposal_logprobs.detach().to(dtype)
+            weights = torch.exp(log_w.clamp(max=operand(cap, log_w)))
         else:
             weights = torch.ones_like(log_pi)
         if group_size is not None:
@@ -250,7 +291,7 @@ def f_dpg_loss(
         elif isinstance(baseline, str):
             advantages = rewards - rewards.mean()
         else:
-            advantages = rewards - _as_batch_tensor("baseline", baseline, policy_logprobs, dtype)
+            advantages = rewards - _as_batch_tensor(baseline, policy_logprobs, dtype)
         divergence_estimate = (weights * f_val).mean()
         coef = (weights * advantages).to(policy_logprobs.dtype)
 

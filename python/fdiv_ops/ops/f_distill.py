@@ -7,68 +7,95 @@ forward). Between them the optional all-reduce makes the mean of h global over d
 
 from __future__ import annotations
 
-import contextlib
 from typing import NamedTuple
 
 import torch
 
 from .. import _C
-from .._backend import DTYPE_CODES, acc_dtype, device_args, num_threads, ptr
-from .._validation import check_choice, check_float_tensor, check_interval, check_positive, check_same
+from .._backend import acc_dtype
+from .._validation import (
+    check_bool,
+    check_choice,
+    check_float_tensor,
+    check_interval,
+    check_positive,
+    check_process_group,
+    check_same,
+)
 from ..divergences import Divergence, resolve
+from ._plumbing import Op, launch, saved_gradient, scalar_arg, tensor_arg
 
-_REDUCTIONS = ("mean", "sum")
-
-
-@torch.library.custom_op("fdiv_ops::f_distill_weights", mutates_args=())
-def _weights_op(
-    logits: torch.Tensor,
-    ratio_divisor: torch.Tensor | None,
-    double_precision: bool,
-    logit_clamp: float,
-    ratio_lo: float,
-    ratio_hi: float,
-    kind: int,
-    param: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    logits = logits.contiguous()
-    batch, heads = logits.shape
-    out_dtype = torch.float64 if double_precision else torch.float32
-    ratio = logits.new_empty(batch, dtype=out_dtype)
-    h = logits.new_empty(batch, dtype=out_dtype)
-    stats = logits.new_empty(2, dtype=out_dtype)
-    divisor = None if ratio_divisor is None else ratio_divisor.to(out_dtype).contiguous()
-    on_cuda, stream = device_args(logits.device)
-    with torch.cuda.device(logits.device) if on_cuda else contextlib.nullcontext():
-        _C.f_distill_weights(
-            ptr(logits),
-            DTYPE_CODES[logits.dtype],
-            batch,
-            heads,
-            ptr(divisor),
-            logit_clamp,
-            ratio_lo,
-            ratio_hi,
-            kind,
-            param,
-            DTYPE_CODES[out_dtype],
-            ptr(ratio),
-            ptr(h),
-            ptr(stats),
-            on_cuda,
-            stream,
-        )
-    return ratio, h, stats
+REDUCTIONS = ("mean", "sum", "none")
 
 
-@_weights_op.register_fake
-def _(logits, ratio_divisor, double_precision, logit_clamp, ratio_lo, ratio_hi, kind, param):
+def _weights_outputs(logits, double_precision: bool):
+    tensor_arg("f_distill_weights", "logits", logits, ndim=2)
     dtype = torch.float64 if double_precision else torch.float32
     batch = logits.shape[0]
     return logits.new_empty(batch, dtype=dtype), logits.new_empty(batch, dtype=dtype), logits.new_empty(2, dtype=dtype)
 
 
-def _f_distill_impl(
+def _weights(
+    logits: torch.Tensor,
+    ratio_divisor: torch.Tensor | None,
+    double_precision: bool,
+    logit_clamp: torch.Tensor,
+    ratio_lo: torch.Tensor,
+    ratio_hi: torch.Tensor,
+    kind: int,
+    param: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ratio, h, stats = _weights_outputs(logits, double_precision)
+    op = "f_distill_weights"
+    launch(
+        _C.f_distill_weights,
+        logits.device,
+        logits=logits.contiguous(),
+        ratio_divisor=ratio_divisor,
+        ratio=ratio,
+        h=h,
+        h_stats=stats,
+        kind=kind,
+        param=param,
+        logit_clamp=scalar_arg(op, "logit_clamp", logit_clamp),
+        ratio_lo=scalar_arg(op, "ratio_lo", ratio_lo),
+        ratio_hi=scalar_arg(op, "ratio_hi", ratio_hi),
+    )
+    return ratio, h, stats
+
+
+def _weights_fake(logits, ratio_divisor, double_precision, logit_clamp, ratio_lo, ratio_hi, kind, param):
+    return _weights_outputs(logits, double_precision)
+
+
+# (r_b, h_b, [sum h, B]) from the discriminator logits: no gradient flows through them.
+weights_op = Op("f_distill_weights", _weights, fake=_weights_fake, scalars=(3, 4, 5))
+
+
+def _outputs(x, disc_logits, reduction):
+    """(loss, grad, normalizer, h, ratio), allocated alike by the implementation and the fake."""
+    tensor_arg("f_distill", "x", x, ndim=range(1, 65))
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"fdiv_ops::f_distill: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    acc = acc_dtype(x.dtype)
+    batch = x.shape[0]
+    if disc_logits is not None:
+        tensor_arg("f_distill", "disc_logits", disc_logits, ndim=(1, 2))
+        if disc_logits.shape[0] != batch:
+            raise ValueError(
+                f"fdiv_ops::f_distill: disc_logits must have shape (B,) or (B, K) with B = {batch}, "
+                f"got {tuple(disc_logits.shape)}"
+            )
+    return (
+        x.new_empty(batch if reduction == "none" else (), dtype=acc),
+        torch.empty_like(x, memory_format=torch.contiguous_format),
+        x.new_empty(batch, dtype=acc),
+        x.new_empty(batch, dtype=acc),
+        x.new_empty(0 if disc_logits is None else batch, dtype=acc),
+    )
+
+
+def _f_distill(
     x: torch.Tensor,
     teacher_x0: torch.Tensor,
     fake_x0: torch.Tensor,
@@ -77,145 +104,75 @@ def _f_distill_impl(
     global_h_stats: torch.Tensor | None,
     kind: int,
     param: float,
-    logit_clamp: float,
-    ratio_lo: float,
-    ratio_hi: float,
+    logit_clamp: torch.Tensor,
+    ratio_lo: torch.Tensor,
+    ratio_hi: torch.Tensor,
     normalize: bool,
-    eps: float,
+    eps: torch.Tensor,
     reduction: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, grad, normalizer, h, ratio) in one call: the weights from disc_logits (if any), then the fused
-    pass. global_h_stats ([sum h, count] all-reduced over ranks) replaces this batch's own when given."""
+    pass. global_h_stats ([sum h, count] all-reduced over ranks) replaces this batch's own when given. The loss
+    is 0-dim, or (B,) per-sample losses for reduction="none" (each 0.5 * sum g_b^2 over its D elements)."""
+    loss, grad, normalizer, weight, ratio = _outputs(x, disc_logits, reduction)
+    tensor_arg("f_distill", "teacher_x0", teacher_x0)
+    tensor_arg("f_distill", "fake_x0", fake_x0)
     batch = x.shape[0]
-    dim = x.numel() // batch
-    x, teacher_x0, fake_x0 = x.contiguous(), teacher_x0.contiguous(), fake_x0.contiguous()
-    acc = acc_dtype(x.dtype)
-    on_cuda, stream = device_args(x.device)
+    dim = x.numel() // max(batch, 1)
+    acc = loss.dtype
     h = h_stats = None
-    ratio = x.new_empty(0, dtype=acc)
-    with torch.cuda.device(x.device) if on_cuda else contextlib.nullcontext():
-        if disc_logits is not None:
-            logits = disc_logits.reshape(batch, -1).contiguous()
-            divisor = None if ratio_divisor is None else ratio_divisor.to(acc).contiguous()
-            ratio, h, h_stats = (x.new_empty(n, dtype=acc) for n in (batch, batch, 2))
-            _C.f_distill_weights(
-                ptr(logits),
-                DTYPE_CODES[logits.dtype],
-                batch,
-                logits.shape[1],
-                ptr(divisor),
-                logit_clamp,
-                ratio_lo,
-                ratio_hi,
-                kind,
-                param,
-                DTYPE_CODES[acc],
-                ptr(ratio),
-                ptr(h),
-                ptr(h_stats),
-                on_cuda,
-                stream,
-            )
-            if global_h_stats is not None:
-                h_stats = global_h_stats.to(acc).contiguous()
-            if not normalize:
-                h_stats = None
-        grad = torch.empty_like(x)
-        loss = x.new_empty((), dtype=acc)
-        normalizer = x.new_empty(batch, dtype=acc)
-        weight = x.new_empty(batch, dtype=acc)
-        workspace = x.new_empty(_C.f_distill_workspace_elems(batch, dim, on_cuda), dtype=acc)
-        scale = 1.0 / (batch * dim) if reduction == "mean" else 1.0
-        _C.f_distill(
-            ptr(x),
-            ptr(teacher_x0),
-            ptr(fake_x0),
-            DTYPE_CODES[x.dtype],
-            batch,
-            dim,
-            ptr(h),
-            ptr(h_stats),
-            eps,
-            scale,
-            ptr(grad),
-            ptr(loss),
-            ptr(normalizer),
-            ptr(weight),
-            ptr(workspace),
-            num_threads(),
-            on_cuda,
-            stream,
+    if disc_logits is not None:
+        h, h_stats = x.new_empty(batch, dtype=acc), x.new_empty(2, dtype=acc)
+        launch(
+            _C.f_distill_weights,
+            x.device,
+            logits=(disc_logits if disc_logits.dim() == 2 else disc_logits[:, None]).contiguous(),
+            ratio_divisor=ratio_divisor,
+            ratio=ratio,
+            h=h,
+            h_stats=h_stats,
+            kind=kind,
+            param=param,
+            logit_clamp=scalar_arg("f_distill", "logit_clamp", logit_clamp),
+            ratio_lo=scalar_arg("f_distill", "ratio_lo", ratio_lo),
+            ratio_hi=scalar_arg("f_distill", "ratio_hi", ratio_hi),
         )
+        if global_h_stats is not None:
+            h_stats = global_h_stats
+        if not normalize:
+            h_stats = None
+    on_cuda = x.device.type == "cuda"
+    per_sample = reduction == "none"
+    scale = 1.0 / (batch * dim) if reduction == "mean" and batch * dim > 0 else 1.0
+    launch(
+        _C.f_distill,
+        x.device,
+        x=x.contiguous(),
+        teacher_x0=teacher_x0.contiguous(),
+        fake_x0=fake_x0.contiguous(),
+        h=h,
+        h_stats=h_stats,
+        grad=grad,
+        loss=x.new_empty((), dtype=acc) if per_sample else loss,  # the kernel always writes the total
+        sample_loss=loss if per_sample else None,
+        normalizer=normalizer,
+        weight=weight,
+        workspace=x.new_empty(_C.f_distill_workspace_elems(batch, dim, on_cuda), dtype=acc),
+        eps=scalar_arg("f_distill", "eps", eps),
+        scale=scale,
+    )
     return loss, grad, normalizer, weight, ratio
 
 
-_f_distill_op = torch.library.custom_op("fdiv_ops::f_distill", mutates_args=())(_f_distill_impl)
+def _f_distill_fake(x, teacher_x0, fake_x0, disc_logits, ratio_divisor, global_h_stats, *args):
+    return _outputs(x, disc_logits, args[-1])
 
 
-@_f_distill_op.register_fake
-def _(x, teacher_x0, fake_x0, disc_logits, ratio_divisor, global_h_stats, *args):
-    acc = acc_dtype(x.dtype)
-    batch = x.shape[0]
-    return (
-        x.new_empty((), dtype=acc),
-        torch.empty_like(x, memory_format=torch.contiguous_format),
-        x.new_empty(batch, dtype=acc),
-        x.new_empty(batch, dtype=acc),
-        x.new_empty(0 if disc_logits is None else batch, dtype=acc),
-    )
-
-
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(output[1])
-    ctx.mark_non_differentiable(*output[1:])
-    ctx.set_materialize_grads(False)  # no zero (B, D) gradient for the statistics outputs
-    ctx.backward_done = False
-
-
-def _backward(ctx, grad_loss, *_unused_grads):
-    # The gradient was written in forward; backward scales it in place on the device: no host sync and no
-    # second (B, D) buffer. In-place means one backward per forward, so a second one is refused.
-    if ctx.backward_done:
-        raise RuntimeError(
-            "fdiv_ops.f_distill_loss: backward ran twice through the same graph "
-            "(retain_graph=True); the gradient is scaled in place, recompute the loss instead"
-        )
-    ctx.backward_done = True
-    (grad,) = ctx.saved_tensors
-    if grad_loss is None:
-        return (None,) * 14
-    # Traced (torch.compile, AOT autograd: tensors are functional/fake subclasses), the graph owns memory
-    # planning and rejects mutating a saved output, so scale out of place there.
-    eager = type(grad) is torch.Tensor and not torch.compiler.is_compiling()
-    scaled = grad.mul_(grad_loss) if eager else grad * grad_loss
-    return (scaled,) + (None,) * 13
-
-
-_f_distill_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-class _FDistillEager(torch.autograd.Function):
-    """The eager fast path: the custom op's own implementation, context and backward, without
-    torch.library's dispatch and autograd layers (~100 us a call, measured: 37% of a 64x4x64x64 fp32
-    forward+backward on the CPU). Traced calls (torch.compile, AOT autograd, fake tensors) take the
-    registered op, which is what opcheck and torch.compile see."""
-
-    @staticmethod
-    def forward(ctx, *args):
-        output = _f_distill_impl(*args)
-        _setup_context(ctx, args, output)
-        return output
-
-    @staticmethod
-    def backward(ctx, *grads):
-        return _backward(ctx, *grads)
-
-
-def _call_f_distill(*args):
-    traced = torch.compiler.is_compiling() or any(
-        isinstance(a, torch.Tensor) and type(a) not in (torch.Tensor, torch.nn.Parameter) for a in args
-    )
-    return _f_distill_op(*args) if traced else _FDistillEager.apply(*args)
+# The gradient to x is written in forward; backward scales it by grad_output. The statistics are detached.
+_setup, _backward = saved_gradient("f_distill_loss", [(1, 0)])
+f_distill_op = Op(
+    "f_distill", _f_distill, fake=_f_distill_fake, setup_context=_setup, backward=_backward, scalars=(8, 9, 10, 12)
+)
 
 
 class FDistillResult(NamedTuple):
@@ -227,7 +184,22 @@ class FDistillResult(NamedTuple):
     normalizer: torch.Tensor  # n_b = mean |x - teacher_x0| per sample
 
 
-def _validate(x, teacher_x0, fake_x0, disc_logits, divergence, logit_clamp, ratio_clip, eps, reduction):
+def validate(
+    x,
+    teacher_x0,
+    fake_x0,
+    disc_logits,
+    divergence,
+    logit_clamp,
+    ratio_clip,
+    normalize,
+    eps,
+    reduction,
+    process_group,
+    ratio_divisor=None,
+) -> tuple[Divergence, float, float]:
+    """Every argument of f_distill checked (FDistillLoss runs this before it touches its state); returns the
+    divergence and ratio_clip's (lo, hi)."""
     check_float_tensor("x", x)
     check_float_tensor("teacher_x0", teacher_x0)
     check_float_tensor("fake_x0", fake_x0)
@@ -240,6 +212,7 @@ def _validate(x, teacher_x0, fake_x0, disc_logits, divergence, logit_clamp, rati
     div = resolve(divergence)
     if div.name == "total_variation":
         raise ValueError("divergence: total_variation has h = 0 and no f-distill gradient; choose another")
+    div.check_compute_dtype(x.dtype)
     if disc_logits is None:
         if div.name != "reverse_kl":
             raise ValueError(
@@ -256,9 +229,16 @@ def _validate(x, teacher_x0, fake_x0, disc_logits, divergence, logit_clamp, rati
             )
     check_positive("logit_clamp", logit_clamp)
     lo, hi = check_interval("ratio_clip", ratio_clip)
-    eps = check_positive("eps", eps)
-    check_choice("reduction", reduction, _REDUCTIONS)
-    return div, float(logit_clamp), lo, hi, eps
+    check_bool("normalize", normalize)
+    check_positive("eps", eps)
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_process_group("process_group", process_group)
+    if ratio_divisor is not None:
+        check_float_tensor("ratio_divisor", ratio_divisor)
+        check_same("ratio_divisor", ratio_divisor, "x", x, shape=False, dtype=False)
+        if ratio_divisor.shape != (x.shape[0],):
+            raise ValueError(f"ratio_divisor must have shape (B,) = ({x.shape[0]},), got {tuple(ratio_divisor.shape)}")
+    return div, lo, hi
 
 
 def compute_weights(
@@ -270,9 +250,12 @@ def compute_weights(
     hi: float,
     ratio_divisor: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(r_b, h_b, [sum h, B]) from the discriminator logits, in the fused kernel."""
-    logits = disc_logits.reshape(disc_logits.shape[0], -1)
-    return _weights_op(logits, ratio_divisor, double_precision, logit_clamp, lo, hi, div.kernel_id, div.kernel_param)
+    """(r_b, h_b, [sum h, B]) from the discriminator logits, in the fused kernel (float64 with double_precision,
+    else float32); no gradient reaches the logits."""
+    logits = disc_logits.detach().reshape(disc_logits.shape[0], -1)
+    if ratio_divisor is not None:
+        ratio_divisor = ratio_divisor.to(torch.float64 if double_precision else torch.float32)
+    return weights_op(logits, ratio_divisor, double_precision, logit_clamp, lo, hi, div.kernel_id, div.kernel_param)
 
 
 def f_distill(
@@ -291,20 +274,34 @@ def f_distill(
     ratio_divisor: torch.Tensor | None = None,
 ) -> FDistillResult:
     """f_distill_loss with its per-sample statistics; see fdiv_ops.f_distill_loss."""
-    div, logit_clamp, lo, hi, eps = _validate(
-        x, teacher_x0, fake_x0, disc_logits, divergence, logit_clamp, ratio_clip, eps, reduction
+    div, lo, hi = validate(
+        x,
+        teacher_x0,
+        fake_x0,
+        disc_logits,
+        divergence,
+        logit_clamp,
+        ratio_clip,
+        normalize,
+        eps,
+        reduction,
+        process_group,
+        ratio_divisor,
     )
+    acc = acc_dtype(x.dtype)
+    if ratio_divisor is not None:
+        ratio_divisor = ratio_divisor.to(acc)
     global_h_stats = None
     if disc_logits is not None and normalize and process_group is not None:
         import torch.distributed as dist
 
         _, _, global_h_stats = compute_weights(
-            disc_logits, div, x.dtype == torch.float64, logit_clamp, lo, hi, ratio_divisor
+            disc_logits, div, acc == torch.float64, logit_clamp, lo, hi, ratio_divisor
         )
         dist.all_reduce(global_h_stats, group=process_group)  # [sum h, count] over every rank
-    loss, _, normalizer, weight, ratio = _call_f_distill(
+    loss, _, normalizer, weight, ratio = f_distill_op(
         x,
-        teacher_x0,
+        teacher_x0,  # the op gives them no gradient
         fake_x0,
         disc_logits,
         ratio_divisor,
@@ -345,9 +342,11 @@ def f_distill_loss(
         w_b = h_b / (mean_i |x_bi - teacher_x0_bi| + eps)
         g   = w_b (fake_x0 - teacher_x0)               # detached
         loss = 0.5 * mean(g^2)   ("mean")  or  0.5 * sum(g^2)  ("sum")
+        loss_b = 0.5 * sum_i(g_bi^2)    ("none": per-sample losses (B,); their sum is the "sum" loss)
 
-    The only gradient is to ``x``: g / (B D) for "mean", g for "sum" (the value and gradient of
-    ``0.5 * mse(x, stopgrad(x - g))``). Nothing flows into the logits, the teacher or the fake network.
+    The only gradient is to ``x``: g / (B D) for "mean", g for "sum", and for "none" g_b times each sample's
+    grad_output (the value and gradient of ``0.5 * mse(x, stopgrad(x - g))`` with that reduction, summed within
+    each sample for "none"). Nothing flows into the logits, the teacher or the fake network.
 
     Args:
         x: generator samples (B, ...), float32/float64/bfloat16/float16; any strides.
@@ -360,7 +359,7 @@ def f_distill_loss(
         process_group: make the batch mean of h global over data-parallel ranks (one all-reduce of two
             numbers); None keeps it per rank.
 
-    Returns the scalar loss, float32 for 16-bit inputs (accumulated in float32), else x's dtype.
+    Returns the scalar loss ((B,) for "none"), float32 for 16-bit inputs (accumulated in float32), else x's dtype.
     NaN or inf in a sample's inputs make that sample's gradient and the loss NaN/inf, as in the
     eager reference; finite inputs never produce NaN (eps > 0 keeps the normaliser positive).
     """

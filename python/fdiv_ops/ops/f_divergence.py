@@ -8,164 +8,107 @@ forward; backward only scales that gradient by grad_output on the device (no hos
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from .. import _C
-from .._backend import DTYPE_CODES, acc_dtype, device_args, num_threads, ptr
-from .._validation import check_choice, check_float_tensor, check_positive, check_same
+from .._backend import acc_dtype
+from .._validation import (
+    check_bool,
+    check_choice,
+    check_float_tensor,
+    check_int,
+    check_integer_tensor,
+    check_item_count,
+    check_positive,
+    check_same,
+)
 from ..divergences import Divergence, resolve
+from ._plumbing import Op, launch, row_weights, saved_gradient, scalar_arg, tensor_arg
 
-_REDUCTIONS = ("batchmean", "sum", "none")
+REDUCTIONS = ("batchmean", "sum", "none")
 DEFAULT_MAX_VOCAB_PAD = 1024
 
 
-def _run(device: torch.device, fn) -> None:
-    on_cuda, stream = device_args(device)
-    with torch.cuda.device(device) if on_cuda else contextlib.nullcontext():
-        fn(on_cuda, stream)
-
-
-@torch.library.custom_op("fdiv_ops::f_divergence", mutates_args=())
-def _dense_op(
-    student: torch.Tensor,
-    teacher: torch.Tensor,
-    row_scale: torch.Tensor,
-    kind: int,
-    param: float,
-    inv_temperature: float,
-    teacher_is_logprobs: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    student = student.contiguous()
-    teacher = teacher.to(student.dtype).contiguous()
-    rows, student_vocab = student.shape
-    acc = acc_dtype(student.dtype)
-    row_scale = row_scale.to(acc).contiguous()
-    row_loss = student.new_empty(rows, dtype=acc)
-    grad = torch.empty_like(student)
-    _run(
-        student.device,
-        lambda on_cuda, stream: _C.f_divergence(
-            ptr(student),
-            ptr(teacher),
-            DTYPE_CODES[student.dtype],
-            rows,
-            student_vocab,
-            teacher.shape[1],
-            teacher_is_logprobs,
-            inv_temperature,
-            kind,
-            param,
-            ptr(row_scale),
-            ptr(row_loss),
-            ptr(grad),
-            0,
-            0.0,
-            num_threads(),
-            on_cuda,
-            stream,
-        ),
-    )
-    return row_loss, grad
-
-
-@_dense_op.register_fake
-def _(student, teacher, row_scale, kind, param, inv_temperature, teacher_is_logprobs):
+def _outputs(op: str, student: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row_loss, grad): allocated alike by the implementation and the fake, after a first look at student."""
+    tensor_arg(op, "student", student, ndim=2)
     acc = acc_dtype(student.dtype)
     return student.new_empty(student.shape[0], dtype=acc), torch.empty_like(
         student, memory_format=torch.contiguous_format
     )
 
 
-@torch.library.custom_op("fdiv_ops::f_divergence_topk", mutates_args=())
-def _topk_op(
+def _dense(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    row_scale: torch.Tensor,
+    kind: int,
+    param: float,
+    inv_temperature: torch.Tensor,
+    teacher_is_logprobs: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    row_loss, grad = _outputs("f_divergence", student)
+    tensor_arg("f_divergence", "teacher", teacher)
+    tensor_arg("f_divergence", "row_scale", row_scale)
+    launch(
+        _C.f_divergence,
+        student.device,
+        student=student.contiguous(),
+        teacher=teacher.contiguous(),
+        row_scale=row_scale,
+        row_loss=row_loss,
+        grad=grad,
+        labels=None,
+        kind=kind,
+        param=param,
+        inv_temperature=scalar_arg("f_divergence", "inv_temperature", inv_temperature),
+        teacher_is_logprobs=teacher_is_logprobs,
+        hard_weight=0.0,
+    )
+    return row_loss, grad
+
+
+def _dense_fake(student, teacher, row_scale, kind, param, inv_temperature, teacher_is_logprobs):
+    return _outputs("f_divergence", student)
+
+
+def _topk(
     student: torch.Tensor,
     indices: torch.Tensor,
     teacher_logprobs: torch.Tensor,
     row_scale: torch.Tensor,
     kind: int,
     param: float,
-    inv_temperature: float,
+    inv_temperature: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    student = student.contiguous()
-    rows, vocab = student.shape
-    k = indices.shape[1]
-    if student.device.type == "cpu" and indices.numel() and bool(((indices < 0) | (indices >= vocab)).any()):
-        # On the CPU the check is free of device syncs; on CUDA the kernel turns the row into NaN instead.
-        raise ValueError(f"teacher_topk: indices must lie in [0, V) = [0, {vocab}), got values outside it")
-    acc = acc_dtype(student.dtype)
-    indices = indices.contiguous()
-    teacher_logprobs = teacher_logprobs.to(acc).contiguous()
-    row_scale = row_scale.to(acc).contiguous()
-    row_loss = student.new_empty(rows, dtype=acc)
-    grad = torch.empty_like(student)
-    _run(
+    row_loss, grad = _outputs("f_divergence_topk", student)
+    for name, value in (("indices", indices), ("teacher_logprobs", teacher_logprobs), ("row_scale", row_scale)):
+        tensor_arg("f_divergence_topk", name, value)
+    launch(
+        _C.f_divergence_topk,
         student.device,
-        lambda on_cuda, stream: _C.f_divergence_topk(
-            ptr(student),
-            ptr(indices),
-            ptr(teacher_logprobs),
-            DTYPE_CODES[student.dtype],
-            rows,
-            vocab,
-            k,
-            inv_temperature,
-            kind,
-            param,
-            ptr(row_scale),
-            ptr(row_loss),
-            ptr(grad),
-            num_threads(),
-            on_cuda,
-            stream,
-        ),
+        student=student.contiguous(),
+        indices=indices.contiguous(),
+        teacher_logprobs=teacher_logprobs.contiguous(),
+        row_scale=row_scale,
+        row_loss=row_loss,
+        grad=grad,
+        kind=kind,
+        param=param,
+        inv_temperature=scalar_arg("f_divergence_topk", "inv_temperature", inv_temperature),
     )
     return row_loss, grad
 
 
-@_topk_op.register_fake
-def _(student, indices, teacher_logprobs, row_scale, kind, param, inv_temperature):
-    acc = acc_dtype(student.dtype)
-    return student.new_empty(student.shape[0], dtype=acc), torch.empty_like(
-        student, memory_format=torch.contiguous_format
-    )
+def _topk_fake(student, indices, teacher_logprobs, row_scale, kind, param, inv_temperature):
+    return _outputs("f_divergence_topk", student)
 
 
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(output[1])
-    ctx.mark_non_differentiable(output[1])
-    ctx.set_materialize_grads(False)
-    ctx.backward_done = False
-    ctx.scale_in_place = output[1].dtype != torch.float64
-
-
-def _make_backward(n_inputs: int):
-    def backward(ctx, grad_row_loss, _grad_grad):
-        # The gradient was written in forward; scale it by grad_output (one value per row) on the device.
-        # Eager: in place (no second rows x V buffer), hence one backward per forward. Traced (torch.compile,
-        # AOT autograd), the graph rejects mutating a saved output, so scale out of place there. float64,
-        # the checking dtype, also scales out of place so that gradcheck's repeated backward works.
-        nones = (None,) * (n_inputs - 1)
-        if grad_row_loss is None:
-            return (None,) + nones
-        if ctx.backward_done and ctx.scale_in_place:
-            raise RuntimeError(
-                "fdiv_ops.f_divergence_loss: backward ran twice through the same graph (retain_graph=True); "
-                "the gradient is scaled in place, recompute the loss instead"
-            )
-        ctx.backward_done = True
-        (grad,) = ctx.saved_tensors
-        factor = grad_row_loss.unsqueeze(-1)
-        if ctx.scale_in_place and type(grad) is torch.Tensor and not torch.compiler.is_compiling():
-            return (grad.mul_(factor),) + nones
-        return ((grad * factor).to(grad.dtype),) + nones
-
-    return backward
-
-
-_dense_op.register_autograd(_make_backward(7), setup_context=_setup_context)
-_topk_op.register_autograd(_make_backward(7), setup_context=_setup_context)
+# Each returns the per-row losses (already weighted by the reduction) and the gradient of their sum with respect
+# to the student logits, written in forward; backward scales it by grad_output (one value per row).
+_setup, _backward = saved_gradient("f_divergence_loss", [(1, 0)])
+dense_op = Op("f_divergence", _dense, fake=_dense_fake, setup_context=_setup, backward=_backward, scalars=(5,))
+topk_op = Op("f_divergence_topk", _topk, fake=_topk_fake, setup_context=_setup, backward=_backward, scalars=(6,))
 
 
 def _check_leading(name: str, value: torch.Tensor, leading: torch.Size, what: str) -> None:
@@ -175,26 +118,12 @@ def _check_leading(name: str, value: torch.Tensor, leading: torch.Size, what: st
         )
 
 
-def _row_scale(labels, ignore_index, reduction, num_items_in_batch, leading, device, acc):
-    rows = leading.numel()
-    if labels is None:
-        weight = torch.ones(rows, dtype=acc, device=device)
-    else:
-        weight = (labels.reshape(rows) != ignore_index).to(acc)
-    if reduction != "batchmean":
-        return weight
-    if num_items_in_batch is None:
-        return weight / weight.sum().clamp_min(1.0)  # all rows ignored: 0 / 1, never NaN
-    if isinstance(num_items_in_batch, torch.Tensor):
-        return weight / num_items_in_batch.to(device=device, dtype=acc)
-    return weight / float(num_items_in_batch)
-
-
 def _validate(
     student_logits,
     teacher_logits,
     temperature,
     labels,
+    ignore_index,
     reduction,
     num_items_in_batch,
     teacher_is_logprobs,
@@ -205,6 +134,8 @@ def _validate(
     if student_logits.dim() < 1 or student_logits.shape[-1] == 0:
         raise ValueError(f"student_logits must have shape (..., V) with V >= 1, got {tuple(student_logits.shape)}")
     leading = student_logits.shape[:-1]
+    check_bool("teacher_is_logprobs", teacher_is_logprobs)
+    check_int("max_vocab_pad", max_vocab_pad, minimum=0, allow_none=True)
     if teacher_topk is not None:
         if teacher_logits is not None:
             raise ValueError("teacher_logits must be None when teacher_topk is given (one teacher at a time)")
@@ -226,7 +157,7 @@ def _validate(
                 f"got {tuple(logprobs.shape)}"
             )
         k, vocab = indices.shape[-1], student_logits.shape[-1]
-        if not 1 <= k <= vocab:
+        if not (1 <= k and k <= vocab):
             raise ValueError(f"teacher_topk: k must satisfy 1 <= k <= V = {vocab}, got k = {k}")
     else:
         if teacher_logits is None:
@@ -238,6 +169,10 @@ def _validate(
                 f"teacher_logits must have the leading shape of student_logits {tuple(leading)}, "
                 f"got {tuple(teacher_logits.shape)}"
             )
+        if teacher_logits.shape[-1] == 0:
+            raise ValueError(
+                f"teacher_logits must have shape (..., V') with V' >= 1, got {tuple(teacher_logits.shape)}"
+            )
         gap = abs(teacher_logits.shape[-1] - student_logits.shape[-1])
         if max_vocab_pad is not None and gap > max_vocab_pad:
             raise ValueError(
@@ -245,23 +180,17 @@ def _validate(
                 f"{teacher_logits.shape[-1]}), more than max_vocab_pad = {max_vocab_pad}; the shorter side is "
                 "padded with -inf, pass a larger max_vocab_pad (or None) if this mismatch is intended"
             )
-    temperature = check_positive("temperature", temperature)
-    check_choice("reduction", reduction, _REDUCTIONS)
+    check_positive("temperature", temperature)
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_int("ignore_index", ignore_index, allow_none=True)
     if labels is not None:
-        if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype.is_complex:
-            raise TypeError("labels must be an integer tensor with the leading shape of student_logits")
+        check_integer_tensor("labels", labels, " with the leading shape of student_logits")
         if labels.shape != leading:
             raise ValueError(
                 f"labels must have the leading shape of student_logits {tuple(leading)}, got {tuple(labels.shape)}"
             )
         check_same("labels", labels, "student_logits", student_logits, shape=False, dtype=False)
-    if num_items_in_batch is not None and not isinstance(num_items_in_batch, torch.Tensor):
-        check_positive("num_items_in_batch", num_items_in_batch)
-    if max_vocab_pad is not None and (
-        isinstance(max_vocab_pad, bool) or not isinstance(max_vocab_pad, int) or max_vocab_pad < 0
-    ):
-        raise ValueError(f"max_vocab_pad must be an int >= 0 or None, got {max_vocab_pad!r}")
-    return temperature
+    check_item_count("num_items_in_batch", num_items_in_batch)
 
 
 def f_divergence_loss(
@@ -303,6 +232,9 @@ def f_divergence_loss(
         reduction: "batchmean" = sum over counted rows / their number (or / ``num_items_in_batch`` when
             given, for gradient accumulation; all rows ignored gives 0, not NaN), "sum", or "none"
             (per-row losses of the leading shape, 0 at ignored rows).
+        num_items_in_batch: a number > 0, or a one-element tensor (as HF Trainer passes it). A tensor that is
+            not a finite number > 0 raises ValueError when it is a CPU tensor in eager mode; on CUDA, or under
+            torch.compile, checking it would need a host sync, so the loss is NaN instead.
         teacher_is_logprobs: ``teacher_logits`` holds cached log-probabilities, used as given: no
             log-sum-exp and no temperature on the teacher side (cache them at the temperature you
             distil at); ``temperature`` still applies to the student.
@@ -321,45 +253,49 @@ def f_divergence_loss(
     sum q psi; the gradient is that of the remaining sum (so a student entry with a -inf teacher still
     feels the softmax normalisation). Rows of -inf give 0. Finite or -inf inputs never give NaN;
     pearson_chi2, neyman_chi2 and alpha are unbounded where one side is ~0 and can give inf there (their
-    gradient then saturates at the float range rather than becoming NaN).
+    gradient then saturates at the float range rather than becoming NaN). The divergence's parameter must be
+    valid in the dtype the kernels compute in (float32 for float32/16-bit logits: alpha(1 - 1e-9) is refused
+    there). The gradient is computed in forward by the kernel, so double backward (create_graph=True) raises
+    RuntimeError rather than returning a gradient that is not itself differentiable.
     """
-    temperature = _validate(
+    _validate(
         student_logits,
         teacher_logits,
         temperature,
         labels,
+        ignore_index,
         reduction,
         num_items_in_batch,
         teacher_is_logprobs,
         teacher_topk,
         max_vocab_pad,
     )
-    div = resolve(divergence)
+    div = resolve(divergence).check_compute_dtype(student_logits.dtype)
     leading = student_logits.shape[:-1]
     rows, vocab = leading.numel(), student_logits.shape[-1]
     acc = acc_dtype(student_logits.dtype)
-    row_scale = _row_scale(
+    row_scale = row_weights(
         labels,
         -100 if ignore_index is None else ignore_index,
         reduction,
         num_items_in_batch,
-        leading,
+        rows,
         student_logits.device,
         acc,
     )
     student = student_logits.reshape(rows, vocab)
     if teacher_topk is None:
-        teacher = teacher_logits.detach().reshape(rows, teacher_logits.shape[-1])
-        row_loss, _ = _dense_op(
-            student, teacher, row_scale, div.kernel_id, div.kernel_param, 1.0 / temperature, bool(teacher_is_logprobs)
+        teacher = teacher_logits.detach().reshape(rows, teacher_logits.shape[-1]).to(student.dtype)
+        row_loss, _ = dense_op(
+            student, teacher, row_scale, div.kernel_id, div.kernel_param, 1.0 / temperature, teacher_is_logprobs
         )
     else:
         indices, logprobs = teacher_topk
         k = indices.shape[-1]
-        row_loss, _ = _topk_op(
+        row_loss, _ = topk_op(
             student,
             indices.reshape(rows, k),
-            logprobs.detach().reshape(rows, k),
+            logprobs.detach().reshape(rows, k).to(acc),
             row_scale,
             div.kernel_id,
             div.kernel_param,

@@ -14,13 +14,22 @@ from __future__ import annotations
 import torch
 
 from .. import _C
-from .._backend import DTYPE_CODES, acc_dtype, num_threads, ptr
-from .._validation import check_choice, check_float_tensor, check_positive, check_same
+from .._backend import acc_dtype
+from .._validation import (
+    check_choice,
+    check_float_tensor,
+    check_int,
+    check_integer_tensor,
+    check_item_count,
+    check_positive,
+    check_same,
+)
 from ..divergences import Divergence, resolve
 from ._chunking import chunk_logits, fp32_weight, mm_fp32, row_chunks
-from .f_divergence import DEFAULT_MAX_VOCAB_PAD, _row_scale, _run
+from ._plumbing import Op, launch, row_weights, saved_gradient, scalar_arg, tensor_arg
+from .f_divergence import DEFAULT_MAX_VOCAB_PAD
 
-_REDUCTIONS = ("batchmean", "sum")
+REDUCTIONS = ("batchmean", "sum")
 CPU_LOGITS_BUDGET = 256 << 20  # bytes of fp32 logits per side in one chunk on the CPU
 CUDA_LOGITS_BUDGET = 2 << 30  # cap on the bytes of one chunk's logits (both sides) on CUDA
 
@@ -41,40 +50,23 @@ def auto_chunk_size(rows: int, student_vocab: int, teacher_vocab: int, device: t
     return max(1, min(rows, budget // per_row))
 
 
-def _check_labels_on_host(labels: torch.Tensor, row_scale: torch.Tensor, vocab: int) -> None:
-    bad = ((labels < 0) | (labels >= vocab)) & (row_scale != 0)  # ignored rows have row_scale 0
-    if bool(bad.any()):
-        raise ValueError(
-            f"labels must lie in [0, V) = [0, {vocab}) or equal ignore_index for the hard loss, "
-            f"got {labels[bad][0].item()}"
-        )
-
-
 def _row_kernel_in_place(logits, teacher_logits, row_scale, row_loss, labels, hard_weight, kind, param, inv_t):
-    """The f_divergence row kernel with grad = the student's logits: they become dL/dlogits in place."""
-    rows, vocab_s = logits.shape
-    _run(
+    """The f_divergence row kernel with grad = the student's logits: they become dL/dlogits in place. On CPU the
+    binding rejects hard-loss labels outside [0, V) on counted rows (free there); on CUDA they give NaN."""
+    launch(
+        _C.f_divergence,
         logits.device,
-        lambda on_cuda, stream: _C.f_divergence(
-            ptr(logits),
-            ptr(teacher_logits),
-            DTYPE_CODES[logits.dtype],
-            rows,
-            vocab_s,
-            teacher_logits.shape[1],
-            False,
-            inv_t,
-            kind,
-            param,
-            ptr(row_scale),
-            ptr(row_loss),
-            ptr(logits),
-            ptr(labels),
-            hard_weight if labels is not None else 0.0,
-            num_threads(),
-            on_cuda,
-            stream,
-        ),
+        student=logits,
+        teacher=teacher_logits,
+        row_scale=row_scale,
+        row_loss=row_loss,
+        grad=logits,
+        labels=labels,
+        kind=kind,
+        param=param,
+        inv_temperature=inv_t,
+        teacher_is_logprobs=False,
+        hard_weight=hard_weight if labels is not None else 0.0,
     )
 
 
@@ -102,8 +94,25 @@ def _accumulate_weight_grad(grad_weight: torch.Tensor, g: torch.Tensor, h: torch
         grad_weight.addmm_(g.t().to(grad_weight.dtype), h.to(grad_weight.dtype))
 
 
-@torch.library.custom_op("fdiv_ops::fused_linear_f_divergence", mutates_args=())
-def _fused_op(
+def _fused_outputs(student_hidden, student_weight, student_bias, hidden_grad: bool, weight_grad: bool):
+    """(loss, grad_hidden, grad_weight, grad_bias), allocated alike by the implementation and the fake; a gradient
+    nobody asked for (frozen weight, eval under no_grad) is an empty tensor and its GEMM is skipped."""
+    op = "fused_linear_f_divergence"
+    tensor_arg(op, "student_hidden", student_hidden, ndim=2)
+    tensor_arg(op, "student_weight", student_weight, ndim=2)
+    if student_bias is not None and tensor_arg(op, "student_bias", student_bias).shape != student_weight.shape[:1]:
+        raise ValueError(f"fdiv_ops::{op}: student_bias must have shape (V,), got {tuple(student_bias.shape)}")
+    acc = acc_dtype(student_hidden.dtype)
+    hidden_shape = student_hidden.shape if hidden_grad else (0,)
+    return (
+        student_hidden.new_empty((), dtype=acc),
+        torch.empty(hidden_shape, dtype=student_hidden.dtype, device=student_hidden.device),
+        student_weight.new_empty(student_weight.shape if weight_grad else (0,)),
+        student_weight.new_empty(student_weight.shape[0] if student_bias is not None else 0),
+    )
+
+
+def _fused(
     student_hidden: torch.Tensor,
     student_weight: torch.Tensor,
     student_bias: torch.Tensor | None,
@@ -112,29 +121,41 @@ def _fused_op(
     teacher_bias: torch.Tensor | None,
     row_scale: torch.Tensor,
     labels: torch.Tensor | None,
-    hard_weight: float,
+    hard_weight: torch.Tensor,
     kind: int,
     param: float,
-    inv_temperature: float,
+    inv_temperature: torch.Tensor,
     chunk_size: int,
     hidden_grad: bool,
     weight_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    op = "fused_linear_f_divergence"
+    _, grad_hidden, _, _ = _fused_outputs(student_hidden, student_weight, student_bias, hidden_grad, weight_grad)
+    tensor_arg(op, "teacher_hidden", teacher_hidden, ndim=2)
+    tensor_arg(op, "teacher_weight", teacher_weight, ndim=2)
+    tensor_arg(op, "row_scale", row_scale, ndim=1)
+    if teacher_bias is not None and tensor_arg(op, "teacher_bias", teacher_bias).shape != teacher_weight.shape[:1]:
+        raise ValueError(f"fdiv_ops::{op}: teacher_bias must have shape (V',), got {tuple(teacher_bias.shape)}")
+    if (
+        teacher_hidden.shape[0] != student_hidden.shape[0]
+        or student_weight.shape[1] != student_hidden.shape[1]
+        or teacher_weight.shape[1] != teacher_hidden.shape[1]
+    ):
+        raise ValueError(
+            f"fdiv_ops::{op}: expected student_hidden (rows, H), student_weight (V, H), teacher_hidden (rows, H'), "
+            f"teacher_weight (V', H'), got {tuple(student_hidden.shape)}, {tuple(student_weight.shape)}, "
+            f"{tuple(teacher_hidden.shape)}, {tuple(teacher_weight.shape)}"
+        )
     rows = student_hidden.shape[0]
     vocab_s, vocab_t = student_weight.shape[0], teacher_weight.shape[0]
     acc = acc_dtype(student_hidden.dtype)
+    hard_weight = scalar_arg(op, "hard_weight", hard_weight)
+    inv_temperature = scalar_arg(op, "inv_temperature", inv_temperature)
     if chunk_size <= 0:
         chunk_size = auto_chunk_size(rows, vocab_s, vocab_t, student_hidden.device)
-    row_scale = row_scale.to(acc).contiguous()
     hard = labels is not None and hard_weight != 0.0
-    labels = labels.contiguous() if hard else None
-    if hard and labels.device.type == "cpu":  # free on the host (and opaque to torch.compile here)
-        _check_labels_on_host(labels, row_scale, vocab_s)
+    labels = tensor_arg(op, "labels", labels).contiguous() if hard else None
     row_loss = student_hidden.new_empty(rows, dtype=acc)
-    # a gradient nobody asked for (frozen weight, eval under no_grad) skips its GEMM: an empty tensor
-    grad_hidden = torch.empty(
-        student_hidden.shape if hidden_grad else (0,), dtype=student_hidden.dtype, device=student_hidden.device
-    )
     # fp32 accumulators (the gradient's own tensor for fp32/fp64 weights): a 16-bit (V, H) weight costs one
     # extra V x H x 4 bytes here, plus the final cast
     grad_weight = torch.zeros(student_weight.shape if weight_grad else (0,), dtype=acc, device=student_weight.device)
@@ -172,75 +193,16 @@ def _fused_op(
     return loss, grad_hidden, grad_weight.to(student_weight.dtype), grad_bias.to(student_weight.dtype)
 
 
-@_fused_op.register_fake
-def _(
-    student_hidden,
-    student_weight,
-    student_bias,
-    teacher_hidden,
-    teacher_weight,
-    teacher_bias,
-    row_scale,
-    labels,
-    hard_weight,
-    kind,
-    param,
-    inv_temperature,
-    chunk_size,
-    hidden_grad,
-    weight_grad,
-):
-    acc = acc_dtype(student_hidden.dtype)
-    return (
-        student_hidden.new_empty((), dtype=acc),
-        torch.empty(
-            student_hidden.shape if hidden_grad else (0,), dtype=student_hidden.dtype, device=student_hidden.device
-        ),
-        student_weight.new_empty(student_weight.shape if weight_grad else (0,)),
-        student_weight.new_empty(student_weight.shape[0] if student_bias is not None else 0),
-    )
+def _fused_fake(student_hidden, student_weight, student_bias, *args):
+    hidden_grad, weight_grad = args[-2:]
+    return _fused_outputs(student_hidden, student_weight, student_bias, hidden_grad, weight_grad)
 
 
-def _setup_context(ctx, inputs, output):
-    _, grad_hidden, grad_weight, grad_bias = output
-    ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
-    ctx.mark_non_differentiable(grad_hidden, grad_weight, grad_bias)
-    ctx.set_materialize_grads(False)
-    ctx.has_bias = inputs[2] is not None
-    ctx.hidden_grad, ctx.weight_grad = inputs[13], inputs[14]
-    ctx.backward_done = False
-    ctx.scale_in_place = grad_hidden.dtype != torch.float64
-
-
-def _backward(ctx, grad_loss, *_unused):
-    # The gradients were formed in forward; scale them by grad_output (a 0-dim device tensor) on the device.
-    # Eager: in place, as f_divergence_loss does (no second copy of a V x H gradient), hence one backward per
-    # forward. Traced, or float64 (gradcheck's repeated backward): out of place.
-    nones = (None,) * 12
-    if grad_loss is None:
-        return (None, None, None, *nones)
-    if ctx.backward_done and ctx.scale_in_place:
-        raise RuntimeError(
-            "fdiv_ops.fused_linear_f_divergence: backward ran twice through the same graph "
-            "(retain_graph=True); the gradients are scaled in place, recompute the loss instead"
-        )
-    ctx.backward_done = True
-    grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-    in_place = ctx.scale_in_place and type(grad_hidden) is torch.Tensor and not torch.compiler.is_compiling()
-
-    def scale(grad):
-        factor = grad_loss.to(grad.dtype)
-        return grad.mul_(factor) if in_place else grad * factor
-
-    return (
-        scale(grad_hidden) if ctx.hidden_grad else None,
-        scale(grad_weight) if ctx.weight_grad else None,
-        scale(grad_bias) if ctx.has_bias else None,
-        *nones,
-    )
-
-
-_fused_op.register_autograd(_backward, setup_context=_setup_context)
+# The loss and the three gradients are formed in forward; backward scales them by grad_output (a 0-dim tensor).
+_setup, _backward = saved_gradient("fused_linear_f_divergence", [(1, 0), (2, 1), (3, 2)])
+fused_op = Op(
+    "fused_linear_f_divergence", _fused, fake=_fused_fake, setup_context=_setup, backward=_backward, scalars=(8, 11)
+)
 
 
 def _check_weight(name: str, weight: torch.Tensor, hidden_name: str, hidden_size: int) -> None:
@@ -296,10 +258,7 @@ def _validate(
     _check_weight("teacher_weight", teacher_weight, "teacher_hidden", teacher_hidden.shape[-1])
     _check_bias("student_bias", student_bias, "student_weight", student_weight)
     _check_bias("teacher_bias", teacher_bias, "teacher_weight", teacher_weight)
-    if max_vocab_pad is not None and (
-        isinstance(max_vocab_pad, bool) or not isinstance(max_vocab_pad, int) or max_vocab_pad < 0
-    ):
-        raise ValueError(f"max_vocab_pad must be an int >= 0 or None, got {max_vocab_pad!r}")
+    check_int("max_vocab_pad", max_vocab_pad, minimum=0, allow_none=True)
     vocab_s, vocab_t = student_weight.shape[0], teacher_weight.shape[0]
     if max_vocab_pad is not None and abs(vocab_s - vocab_t) > max_vocab_pad:
         raise ValueError(
@@ -307,18 +266,11 @@ def _validate(
             f"{vocab_t}), more than max_vocab_pad = {max_vocab_pad}; the shorter side is padded with -inf, pass a "
             "larger max_vocab_pad (or None) if this mismatch is intended"
         )
-    hard_loss_weight = check_positive("hard_loss_weight", hard_loss_weight, allow_zero=True)
-    check_choice("reduction", reduction, _REDUCTIONS)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    check_positive("hard_loss_weight", hard_loss_weight, allow_zero=True)
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_int("ignore_index", ignore_index)
     if labels is not None:
-        if (
-            not isinstance(labels, torch.Tensor)
-            or labels.dtype.is_floating_point
-            or labels.dtype.is_complex
-            or labels.dtype == torch.bool
-        ):
-            raise TypeError("labels must be an integer tensor with the leading shape of student_hidden")
+        check_integer_tensor("labels", labels, " with the leading shape of student_hidden")
         if labels.shape != leading:
             raise ValueError(
                 f"labels must have the leading shape of student_hidden {tuple(leading)}, got {tuple(labels.shape)}"
@@ -326,11 +278,8 @@ def _validate(
         check_same("labels", labels, "student_hidden", student_hidden, shape=False, dtype=False)
     elif hard_loss_weight > 0:
         raise ValueError("labels are required when hard_loss_weight > 0 (the cross-entropy needs targets)")
-    if num_items_in_batch is not None and not isinstance(num_items_in_batch, torch.Tensor):
-        check_positive("num_items_in_batch", num_items_in_batch)
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be an int >= 1 or None (automatic), got {chunk_size!r}")
-    return hard_loss_weight
+    check_item_count("num_items_in_batch", num_items_in_batch)
+    check_int("chunk_size", chunk_size, minimum=1, allow_none=True)
 
 
 def fused_linear_f_divergence(
@@ -359,7 +308,9 @@ def fused_linear_f_divergence(
         loss_row = D_f(p || q) at temperature T  +  hard_loss_weight * CE(softmax(z), label)   (CE at T = 1)
 
     reduced like f_divergence_loss ("batchmean": sum over counted rows / their number, or /
-    ``num_items_in_batch``; "sum"). The convention is additive: the soft term is never scaled by
+    ``num_items_in_batch``, a number or a one-element tensor: one that is not a finite number > 0 raises
+    ValueError for a CPU tensor in eager mode and gives a NaN loss on CUDA or under torch.compile, where checking
+    it would need a host sync; "sum"). The convention is additive: the soft term is never scaled by
     1 - hard_loss_weight; for the convex mix (1 - a) soft + a CE pass ``hard_loss_weight = a / (1 - a)`` and
     multiply the result by (1 - a). Both terms come out of the same row pass of the f_divergence kernel.
 
@@ -390,7 +341,7 @@ def fused_linear_f_divergence(
     0-dim float32 loss (float64 for float64 inputs). reduction="none" is not offered: a per-row
     grad_output cannot be applied to a gradient already summed over rows (grad_weight).
     """
-    hard_loss_weight = _validate(
+    _validate(
         student_hidden,
         student_weight,
         teacher_hidden,
@@ -405,12 +356,12 @@ def fused_linear_f_divergence(
         chunk_size,
         max_vocab_pad,
     )
-    temperature = check_positive("temperature", temperature)
-    div = resolve(divergence)
+    check_positive("temperature", temperature)
+    div = resolve(divergence).check_compute_dtype(student_hidden.dtype)
     leading = student_hidden.shape[:-1]
     rows = leading.numel()
     acc = acc_dtype(student_hidden.dtype)
-    row_scale = _row_scale(labels, ignore_index, reduction, num_items_in_batch, leading, student_hidden.device, acc)
+    row_scale = row_weights(labels, ignore_index, reduction, num_items_in_batch, rows, student_hidden.device, acc)
     hidden_s = student_hidden.reshape(rows, student_hidden.shape[-1])
     hidden_t = teacher_hidden.detach().reshape(rows, teacher_hidden.shape[-1])
     hard = hard_loss_weight > 0
@@ -418,7 +369,7 @@ def fused_linear_f_divergence(
     grad_on = torch.is_grad_enabled()
     hidden_grad = grad_on and bool(student_hidden.requires_grad)
     weight_grad = grad_on and bool(student_weight.requires_grad)
-    loss, *_ = _fused_op(
+    loss, *_ = fused_op(
         hidden_s,
         student_weight,
         student_bias,

@@ -12,81 +12,79 @@ instead (and no gradient), which any loss built on them turns into a visible NaN
 
 from __future__ import annotations
 
-import contextlib
+import math
+from typing import Literal, overload
 
 import torch
 
 from .. import _C
-from .._backend import DTYPE_CODES, acc_dtype, device_args, num_threads, ptr
-from .._validation import check_float_tensor, check_positive, check_same
+from .._backend import acc_dtype
+from .._validation import check_bool, check_float_tensor, check_int, check_integer_tensor, check_positive, check_same
 from ._chunking import chunk_logits, fp32_weight, mm_fp32, row_chunks
+from ._plumbing import Op, launch, refuse_double_backward, scalar_arg, tensor_arg
 
 
-def _device_ctx(device: torch.device):
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
-def _layout(logits: torch.Tensor) -> tuple[torch.Tensor, int, int, int, int]:
-    """(logits, outer, inner, outer_stride, inner_stride): rows addressed as (B, T) with strides."""
-    vocab = logits.shape[-1]
+def _kernel_view(logits: torch.Tensor) -> torch.Tensor:
+    """The logits as the kernels read them: (N, V) or (B, T, V) with a unit-stride vocabulary (any other strides);
+    more leading dimensions are flattened (a copy only where they cannot be)."""
     if logits.dim() > 3:
-        logits = logits.reshape(-1, vocab)
-    if logits.stride(-1) != 1:
+        logits = logits.reshape(-1, logits.shape[-1])
+    if logits.stride(-1) != 1 and logits.shape[-1] != 1:
         logits = logits.contiguous()
-    if logits.dim() == 2:
-        return logits, 1, logits.shape[0], 0, logits.stride(0)
-    return logits, logits.shape[0], logits.shape[1], logits.stride(0), logits.stride(1)
+    return logits
 
 
-def _check_labels_on_host(labels: torch.Tensor, vocab: int, ignore_index: int) -> None:
-    if labels.device.type != "cpu":
-        return  # documented: NaN log-probs on CUDA instead of a host sync
-    bad = ((labels < 0) | (labels >= vocab)) & (labels != ignore_index)
-    if bad.any():
-        value = labels[bad][0].item()
+def _inverse_temperature(op: str, temperature) -> float:
+    t = scalar_arg(op, "temperature", temperature)
+    if not (t > 0 and t < math.inf):  # the binding checks 1 / t again; this keeps 1 / 0 from raising first
+        raise ValueError(f"fdiv_ops::{op}: temperature must be a finite number > 0, got {t!r}")
+    return 1.0 / t
+
+
+def _launch_forward(logits, labels, ignore_index, temperature, logprobs, entropy, stats) -> None:
+    """The forward kernel over `logits` (any shape the kernels read), every per-row tensor flat."""
+    view = _kernel_view(logits)
+    launch(
+        _C.sequence_logprobs,
+        view.device,
+        logits=view,
+        labels=labels.reshape(-1).contiguous(),
+        logprobs=logprobs.reshape(-1),
+        entropy=None if entropy is None else entropy.reshape(-1),
+        row_stats=stats,
+        ignore_index=ignore_index,
+        inv_temperature=_inverse_temperature("sequence_logprobs", temperature),
+    )
+
+
+def _launch_backward(
+    logits, labels, stats, entropy, grad_logprobs, grad_entropy, grad_logits, ignore_index, temperature
+):
+    view = _kernel_view(logits)
+    launch(
+        _C.sequence_logprobs_backward,
+        view.device,
+        logits=view,
+        labels=labels.reshape(-1).contiguous(),
+        row_stats=stats,
+        entropy=entropy,
+        grad_logprobs=grad_logprobs,
+        grad_entropy=grad_entropy,
+        grad_logits=grad_logits.view(view.shape[:-1].numel(), view.shape[-1]),
+        ignore_index=ignore_index,
+        inv_temperature=_inverse_temperature("sequence_logprobs_backward", temperature),
+    )
+
+
+def _seq_outputs(logits, labels, return_entropy: bool):
+    """(logprobs, entropy, row_stats), allocated alike by the implementation and the fake."""
+    tensor_arg("sequence_logprobs", "logits", logits, ndim=range(2, 65))
+    tensor_arg("sequence_logprobs", "labels", labels)
+    if labels.shape != logits.shape[:-1]:
         raise ValueError(
-            f"labels must lie in [0, V) = [0, {vocab}) or equal ignore_index ({ignore_index}), got {value}"
+            f"fdiv_ops::sequence_logprobs: labels must have shape logits.shape[:-1] = {tuple(logits.shape[:-1])}, "
+            f"got {tuple(labels.shape)}"
         )
-
-
-def _kernel_args(logits, labels, ignore_index, temperature):
-    view, outer, inner, so, si = _layout(logits)
-    return (
-        ptr(view),
-        DTYPE_CODES[view.dtype],
-        outer,
-        inner,
-        view.shape[-1],
-        so,
-        si,
-        ptr(labels),
-        ignore_index,
-        1.0 / temperature,
-    ), view
-
-
-@torch.library.custom_op("fdiv_ops::sequence_logprobs", mutates_args=())
-def _seq_op(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, temperature: float, return_entropy: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    labels_flat = labels.reshape(-1).contiguous()
-    _check_labels_on_host(labels_flat, logits.shape[-1], ignore_index)
-    acc = acc_dtype(logits.dtype)
-    rows = labels_flat.numel()
-    logprobs = logits.new_empty(labels.shape, dtype=acc)
-    entropy = logits.new_empty(labels.shape if return_entropy else (0,), dtype=acc)
-    stats = logits.new_empty((rows, 2), dtype=acc)
-    args, _keep = _kernel_args(logits, labels_flat, ignore_index, temperature)
-    on_cuda, stream = device_args(logits.device)
-    with _device_ctx(logits.device):
-        _C.seq_logprobs(
-            *args, ptr(logprobs), ptr(entropy) if return_entropy else 0, ptr(stats), num_threads(), on_cuda, stream
-        )
-    return logprobs, entropy, stats
-
-
-@_seq_op.register_fake
-def _(logits, labels, ignore_index, temperature, return_entropy):
     acc = acc_dtype(logits.dtype)
     return (
         logits.new_empty(labels.shape, dtype=acc),
@@ -95,8 +93,19 @@ def _(logits, labels, ignore_index, temperature, return_entropy):
     )
 
 
-@torch.library.custom_op("fdiv_ops::sequence_logprobs_backward", mutates_args=())
-def _seq_backward_op(
+def _seq(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, temperature: torch.Tensor, return_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    logprobs, entropy, stats = _seq_outputs(logits, labels, return_entropy)
+    _launch_forward(logits, labels, ignore_index, temperature, logprobs, entropy if return_entropy else None, stats)
+    return logprobs, entropy, stats
+
+
+def _seq_fake(logits, labels, ignore_index, temperature, return_entropy):
+    return _seq_outputs(logits, labels, return_entropy)
+
+
+def _seq_backward_impl(
     logits: torch.Tensor,
     labels: torch.Tensor,
     stats: torch.Tensor,
@@ -104,26 +113,31 @@ def _seq_backward_op(
     grad_logprobs: torch.Tensor | None,
     grad_entropy: torch.Tensor | None,
     ignore_index: int,
-    temperature: float,
+    temperature: torch.Tensor,
 ) -> torch.Tensor:
-    acc = acc_dtype(logits.dtype)
-    labels_flat = labels.reshape(-1).contiguous()
-    grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-    g_lp = None if grad_logprobs is None else grad_logprobs.to(acc).contiguous()
-    g_ent = None if grad_entropy is None else grad_entropy.to(acc).contiguous()
-    ent = entropy.contiguous() if g_ent is not None else None
-    args, _keep = _kernel_args(logits, labels_flat, ignore_index, temperature)
-    on_cuda, stream = device_args(logits.device)
-    with _device_ctx(logits.device):
-        _C.seq_logprobs_backward(
-            *args, ptr(stats.contiguous()), ptr(ent), ptr(g_lp), ptr(g_ent), ptr(grad), num_threads(), on_cuda, stream
-        )
+    grad = _seq_backward_fake(logits, labels, stats, entropy, grad_logprobs, grad_entropy, ignore_index, temperature)
+    for name, value in (("labels", labels), ("stats", stats), ("entropy", entropy)):
+        tensor_arg("sequence_logprobs_backward", name, value)
+    _launch_backward(
+        logits,
+        labels,
+        stats.contiguous(),
+        entropy.reshape(-1) if grad_entropy is not None else None,
+        None if grad_logprobs is None else grad_logprobs.reshape(-1).contiguous(),
+        None if grad_entropy is None else grad_entropy.reshape(-1).contiguous(),
+        grad,
+        ignore_index,
+        temperature,
+    )
     return grad
 
 
-@_seq_backward_op.register_fake
-def _(logits, labels, stats, entropy, grad_logprobs, grad_entropy, ignore_index, temperature):
+def _seq_backward_fake(logits, labels, stats, entropy, grad_logprobs, grad_entropy, ignore_index, temperature):
+    tensor_arg("sequence_logprobs_backward", "logits", logits, ndim=range(2, 65))
     return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+
+
+seq_backward_op = Op("sequence_logprobs_backward", _seq_backward_impl, fake=_seq_backward_fake, scalars=(7,))
 
 
 def _seq_setup(ctx, inputs, output):
@@ -136,23 +150,31 @@ def _seq_setup(ctx, inputs, output):
 
 
 def _seq_backward(ctx, grad_logprobs, grad_entropy, _grad_stats):
+    if grad_entropy is not None and grad_entropy.numel() == 0:
+        grad_entropy = None  # the entropy was not asked for (traced graphs send an empty gradient for it)
     if grad_logprobs is None and grad_entropy is None:
         return None, None, None, None, None
+    refuse_double_backward("sequence_logprobs", grad_logprobs if grad_logprobs is not None else grad_entropy)
     logits, labels, stats, entropy = ctx.saved_tensors
-    grad = _seq_backward_op(
-        logits, labels, stats, entropy, grad_logprobs, grad_entropy, ctx.ignore_index, ctx.temperature
+    acc = stats.dtype
+    grad = seq_backward_op(
+        logits,
+        labels,
+        stats,
+        entropy,
+        None if grad_logprobs is None else grad_logprobs.to(acc),
+        None if grad_entropy is None else grad_entropy.to(acc),
+        ctx.ignore_index,
+        ctx.temperature,
     )
     return grad, None, None, None, None
 
 
-_seq_op.register_autograd(_seq_backward, setup_context=_seq_setup)
+seq_op = Op("sequence_logprobs", _seq, fake=_seq_fake, setup_context=_seq_setup, backward=_seq_backward, scalars=(3,))
 
 
 def _check_labels(labels: object, shape: torch.Size, device: torch.device, what: str) -> torch.Tensor:
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
-    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
-        raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
+    check_integer_tensor("labels", labels)
     if labels.shape != shape:
         raise ValueError(f"labels must have shape {what} = {tuple(shape)}, got {tuple(labels.shape)}")
     if labels.device != device:
@@ -160,12 +182,30 @@ def _check_labels(labels: object, shape: torch.Size, device: torch.device, what:
     return labels.long()
 
 
-def _check_common(ignore_index: object, temperature: object) -> tuple[int, float]:
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
-    return ignore_index, check_positive("temperature", temperature)
+def _check_common(ignore_index: object, temperature: object, return_entropy: object) -> None:
+    check_int("ignore_index", ignore_index)
+    check_positive("temperature", temperature)
+    check_bool("return_entropy", return_entropy)
 
 
+@overload
+def sequence_logprobs(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    ignore_index: int = ...,
+    temperature: float = ...,
+    return_entropy: Literal[False] = ...,
+) -> torch.Tensor: ...
+@overload
+def sequence_logprobs(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    ignore_index: int = ...,
+    temperature: float = ...,
+    return_entropy: Literal[True],
+) -> tuple[torch.Tensor, torch.Tensor]: ...
 def sequence_logprobs(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -187,14 +227,15 @@ def sequence_logprobs(
     float32) else the logits' dtype; 0 at ignored positions (no gradient flows there). Sum over the last dim
     for log pi(x) of a sequence. Backward writes d/dlogits in the logits' dtype, the row re-read once.
     Labels outside [0, V) (other than ignore_index) raise ValueError on CPU; on CUDA, where checking needs a
-    host sync, those positions give NaN. A row of all -inf logits gives -inf and no gradient.
+    host sync, those positions give NaN. A row of all -inf logits gives -inf and no gradient. Double backward
+    (create_graph=True) raises RuntimeError: the kernels form no second derivative.
     """
     check_float_tensor("logits", logits)
     if logits.dim() < 2 or logits.shape[-1] == 0:
         raise ValueError(f"logits must have shape (..., V) with V >= 1, got {tuple(logits.shape)}")
     labels = _check_labels(labels, logits.shape[:-1], logits.device, "logits.shape[:-1]")
-    ignore_index, temperature = _check_common(ignore_index, temperature)
-    logprobs, entropy, _ = _seq_op(logits, labels, ignore_index, temperature, bool(return_entropy))
+    _check_common(ignore_index, temperature, return_entropy)
+    logprobs, entropy, _ = seq_op(logits, labels, ignore_index, temperature, return_entropy)
     return (logprobs, entropy) if return_entropy else logprobs
 
 
@@ -202,36 +243,44 @@ def sequence_logprobs(
 # From hidden states: logits = hidden @ weight.T (+ bias), one chunk of rows at a time.
 
 
-def _linear_kernel_forward(logits_chunk, labels_chunk, ignore_index, temperature, logprobs, entropy, stats):
-    args, _keep = _kernel_args(logits_chunk, labels_chunk, ignore_index, temperature)
-    on_cuda, stream = device_args(logits_chunk.device)
-    with _device_ctx(logits_chunk.device):
-        _C.seq_logprobs(*args, ptr(logprobs), ptr(entropy), ptr(stats), num_threads(), on_cuda, stream)
+def _linear_outputs(hidden, weight, bias, labels, return_entropy: bool):
+    """(logprobs, entropy, row_stats), allocated alike by the implementation and the fake."""
+    op = "fused_linear_sequence_logprobs"
+    tensor_arg(op, "hidden", hidden, ndim=2)
+    tensor_arg(op, "weight", weight, ndim=2)
+    tensor_arg(op, "labels", labels, ndim=1)
+    rows = hidden.shape[0]
+    if labels.shape[0] != rows or weight.shape[1] != hidden.shape[1]:
+        raise ValueError(
+            f"fdiv_ops::{op}: expected hidden (rows, H), weight (V, H) and labels (rows,), got "
+            f"{tuple(hidden.shape)}, {tuple(weight.shape)} and {tuple(labels.shape)}"
+        )
+    if bias is not None and tensor_arg(op, "bias", bias).shape != weight.shape[:1]:
+        raise ValueError(f"fdiv_ops::{op}: bias must have shape (V,) = ({weight.shape[0]},), got {tuple(bias.shape)}")
+    acc = acc_dtype(hidden.dtype)
+    return (
+        hidden.new_empty(rows, dtype=acc),
+        hidden.new_empty(rows if return_entropy else 0, dtype=acc),
+        hidden.new_empty((rows, 2), dtype=acc),
+    )
 
 
-@torch.library.custom_op("fdiv_ops::fused_linear_sequence_logprobs", mutates_args=())
-def _linear_op(
+def _linear(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     labels: torch.Tensor,
     ignore_index: int,
-    temperature: float,
+    temperature: torch.Tensor,
     return_entropy: bool,
     chunk_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    logprobs, entropy, stats = _linear_outputs(hidden, weight, bias, labels, return_entropy)
     labels = labels.contiguous()
-    _check_labels_on_host(labels, weight.shape[0], ignore_index)
-    rows = hidden.shape[0]
-    acc = acc_dtype(hidden.dtype)
-    logprobs = hidden.new_empty(rows, dtype=acc)
-    entropy = hidden.new_empty(rows if return_entropy else 0, dtype=acc)
-    stats = hidden.new_empty((rows, 2), dtype=acc)
     w = fp32_weight(weight)
-    for start, end in row_chunks(rows, chunk_size):
-        logits = chunk_logits(hidden[start:end], w, bias)
-        _linear_kernel_forward(
-            logits,
+    for start, end in row_chunks(hidden.shape[0], max(1, chunk_size)):
+        _launch_forward(
+            chunk_logits(hidden[start:end], w, bias),
             labels[start:end],
             ignore_index,
             temperature,
@@ -242,19 +291,11 @@ def _linear_op(
     return logprobs, entropy, stats
 
 
-@_linear_op.register_fake
-def _(hidden, weight, bias, labels, ignore_index, temperature, return_entropy, chunk_size):
-    acc = acc_dtype(hidden.dtype)
-    rows = hidden.shape[0]
-    return (
-        hidden.new_empty(rows, dtype=acc),
-        hidden.new_empty(rows if return_entropy else 0, dtype=acc),
-        hidden.new_empty((rows, 2), dtype=acc),
-    )
+def _linear_fake(hidden, weight, bias, labels, ignore_index, temperature, return_entropy, chunk_size):
+    return _linear_outputs(hidden, weight, bias, labels, return_entropy)
 
 
-@torch.library.custom_op("fdiv_ops::fused_linear_sequence_logprobs_backward", mutates_args=())
-def _linear_backward_op(
+def _linear_backward_impl(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
@@ -264,39 +305,33 @@ def _linear_backward_op(
     grad_logprobs: torch.Tensor | None,
     grad_entropy: torch.Tensor | None,
     ignore_index: int,
-    temperature: float,
+    temperature: torch.Tensor,
     chunk_size: int,
     weight_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _linear_outputs(hidden, weight, bias, labels, False)
     labels = labels.contiguous()
-    rows = hidden.shape[0]
     acc = acc_dtype(hidden.dtype)
-    g_lp = None if grad_logprobs is None else grad_logprobs.to(acc).contiguous()
-    g_ent = None if grad_entropy is None else grad_entropy.to(acc).contiguous()
-    ent = entropy.contiguous() if g_ent is not None else None
     grad_hidden = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device)
     # accumulated over chunks; skipped (an empty tensor) for a frozen weight, saving one GEMM per chunk
     grad_weight = torch.zeros(weight.shape if weight_grad else (0,), dtype=acc, device=weight.device)
     grad_bias = torch.zeros(weight.shape[0] if bias is not None else 0, dtype=acc, device=weight.device)
     w = fp32_weight(weight)
-    on_cuda, stream = device_args(hidden.device)
-    for start, end in row_chunks(rows, chunk_size):
+    for start, end in row_chunks(hidden.shape[0], max(1, chunk_size)):
         h = hidden[start:end]
         logits = chunk_logits(h, w, bias)  # recomputed: O(chunk x V) memory
         grad_logits = torch.empty_like(logits)
-        args, _keep = _kernel_args(logits, labels[start:end], ignore_index, temperature)
-        with _device_ctx(hidden.device):
-            _C.seq_logprobs_backward(
-                *args,
-                ptr(stats[start:end].contiguous()),
-                ptr(None if ent is None else ent[start:end]),
-                ptr(None if g_lp is None else g_lp[start:end]),
-                ptr(None if g_ent is None else g_ent[start:end]),
-                ptr(grad_logits),
-                num_threads(),
-                on_cuda,
-                stream,
-            )
+        _launch_backward(
+            logits,
+            labels[start:end],
+            stats[start:end].contiguous(),
+            None if grad_entropy is None else entropy[start:end],
+            None if grad_logprobs is None else grad_logprobs[start:end],
+            None if grad_entropy is None else grad_entropy[start:end],
+            grad_logits,
+            ignore_index,
+            temperature,
+        )
         g = grad_logits if w.dtype == grad_logits.dtype else grad_logits.to(w.dtype)
         grad_hidden[start:end] = mm_fp32(g, w)
         if weight_grad:
@@ -306,26 +341,19 @@ def _linear_backward_op(
     return grad_hidden, grad_weight.to(weight.dtype), grad_bias.to(weight.dtype)
 
 
-@_linear_backward_op.register_fake
-def _(
-    hidden,
-    weight,
-    bias,
-    labels,
-    stats,
-    entropy,
-    grad_logprobs,
-    grad_entropy,
-    ignore_index,
-    temperature,
-    chunk_size,
-    weight_grad,
-):
+def _linear_backward_fake(hidden, weight, bias, labels, stats, entropy, grad_logprobs, grad_entropy, *args):
+    weight_grad = args[-1]
+    _linear_outputs(hidden, weight, bias, labels, False)
     return (
         torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device),
         torch.empty(weight.shape if weight_grad else (0,), dtype=weight.dtype, device=weight.device),
         weight.new_empty(weight.shape[0] if bias is not None else 0),
     )
+
+
+linear_backward_op = Op(
+    "fused_linear_sequence_logprobs_backward", _linear_backward_impl, fake=_linear_backward_fake, scalars=(9,)
+)
 
 
 def _linear_setup(ctx, inputs, output):
@@ -339,19 +367,25 @@ def _linear_setup(ctx, inputs, output):
 
 
 def _linear_backward(ctx, grad_logprobs, grad_entropy, _grad_stats):
+    if grad_entropy is not None and grad_entropy.numel() == 0:
+        grad_entropy = None  # the entropy was not asked for (traced graphs send an empty gradient for it)
     if grad_logprobs is None and grad_entropy is None:
         return (None,) * 8
+    refuse_double_backward(
+        "fused_linear_sequence_logprobs", grad_logprobs if grad_logprobs is not None else grad_entropy
+    )
     hidden, weight, bias, labels, stats, entropy = ctx.saved_tensors
     weight_grad = bool(ctx.needs_input_grad[1])
-    gh, gw, gb = _linear_backward_op(
+    acc = stats.dtype
+    gh, gw, gb = linear_backward_op(
         hidden,
         weight,
         bias,
         labels,
         stats,
         entropy,
-        grad_logprobs,
-        grad_entropy,
+        None if grad_logprobs is None else grad_logprobs.to(acc).contiguous(),
+        None if grad_entropy is None else grad_entropy.to(acc).contiguous(),
         ctx.ignore_index,
         ctx.temperature,
         ctx.chunk_size,
@@ -360,9 +394,40 @@ def _linear_backward(ctx, grad_logprobs, grad_entropy, _grad_stats):
     return gh, (gw if weight_grad else None), (gb if ctx.has_bias else None), None, None, None, None, None
 
 
-_linear_op.register_autograd(_linear_backward, setup_context=_linear_setup)
+linear_op = Op(
+    "fused_linear_sequence_logprobs",
+    _linear,
+    fake=_linear_fake,
+    setup_context=_linear_setup,
+    backward=_linear_backward,
+    scalars=(5,),
+)
 
 
+@overload
+def fused_linear_sequence_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = ...,
+    ignore_index: int = ...,
+    temperature: float = ...,
+    return_entropy: Literal[False] = ...,
+    chunk_size: int = ...,
+) -> torch.Tensor: ...
+@overload
+def fused_linear_sequence_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = ...,
+    ignore_index: int = ...,
+    temperature: float = ...,
+    return_entropy: Literal[True],
+    chunk_size: int = ...,
+) -> tuple[torch.Tensor, torch.Tensor]: ...
 def fused_linear_sequence_logprobs(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -403,15 +468,14 @@ def fused_linear_sequence_logprobs(
         if bias.shape != (weight.shape[0],):
             raise ValueError(f"bias must have shape (V,) = ({weight.shape[0]},), got {tuple(bias.shape)}")
     labels = _check_labels(labels, hidden.shape[:-1], hidden.device, "hidden.shape[:-1]")
-    ignore_index, temperature = _check_common(ignore_index, temperature)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    _check_common(ignore_index, temperature, return_entropy)
+    check_int("chunk_size", chunk_size, minimum=1)
     lead = hidden.shape[:-1]
     hidden2d = hidden.reshape(-1, hidden.shape[-1])
     if not hidden2d.is_contiguous():
         hidden2d = hidden2d.contiguous()
-    logprobs, entropy, _ = _linear_op(
-        hidden2d, weight, bias, labels.reshape(-1), ignore_index, temperature, bool(return_entropy), chunk_size
+    logprobs, entropy, _ = linear_op(
+        hidden2d, weight, bias, labels.reshape(-1), ignore_index, temperature, return_entropy, chunk_size
     )
     logprobs = logprobs.reshape(lead)
     return (logprobs, entropy.reshape(lead)) if return_entropy else logprobs

@@ -1,8 +1,8 @@
-"""psi (and f, h) of a divergence at sequence-level log-ratios, from the C++ functors (the math lives once).
+"""divergence_terms: f, psi and h of a divergence at sequence-level log-ratios, from the C++ functors (the math
+lives once).
 
-``fdiv_ops::divergence_terms(log_ratio, kind, param) -> (f, psi, h)`` runs the divergence_eval kernels
-(csrc/{cpu,cuda}/divergence_eval.*) elementwise; psi is differentiable with d psi / d l = -h (math.md §1),
-f and h are returned detached. f-DPG and f-DPO build on it.
+``fdiv_ops::divergence_terms(log_ratio, kind, param) -> (f, psi, h)`` runs the kernels elementwise; psi is
+differentiable with d psi / d l = -h (math.md §1), f and h are returned detached. f-DPG and f-DPO build on it.
 
 Sequence log-ratios reach +-1e3, where e^l overflows even float64. `clamp_log_ratio` clamps l so that no
 exponential a functor evaluates exceeds e^max_exponent: l in [-max_exponent/down, max_exponent/up] with the
@@ -13,36 +13,39 @@ torch.clamp, the clamp passes no gradient where it is active.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 
 from .. import _C
-from .._backend import DTYPE_CODES, device_args, ptr
+from .._validation import check_float_tensor
 from ..divergences import Divergence, resolve
+from ._plumbing import Op, launch, operand, refuse_double_backward, tensor_arg
 
 
-@torch.library.custom_op("fdiv_ops::divergence_terms", mutates_args=())
-def _terms_op(log_ratio: torch.Tensor, kind: int, param: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    l = log_ratio.contiguous()
-    f, psi, h = torch.empty_like(l), torch.empty_like(l), torch.empty_like(l)
-    on_cuda, stream = device_args(l.device)
-    with torch.cuda.device(l.device) if on_cuda else contextlib.nullcontext():
-        _C.divergence_eval(
-            kind, param, DTYPE_CODES[l.dtype], ptr(l), l.numel(), ptr(f), ptr(psi), ptr(h), on_cuda, stream
-        )
+def _outputs(log_ratio):
+    tensor_arg("divergence_terms", "log_ratio", log_ratio)
+    shape = dict(memory_format=torch.contiguous_format)
+    return tuple(torch.empty_like(log_ratio, **shape) for _ in range(3))
+
+
+def _terms(log_ratio: torch.Tensor, kind: int, param: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    f, psi, h = _outputs(log_ratio)
+    launch(
+        _C.divergence_terms,
+        log_ratio.device,
+        log_ratio=log_ratio.contiguous(),
+        f=f,
+        psi=psi,
+        h=h,
+        kind=kind,
+        param=param,
+    )
     return f, psi, h
 
 
-@_terms_op.register_fake
-def _(log_ratio, kind, param):
-    shape = dict(memory_format=torch.contiguous_format)
-    return (
-        torch.empty_like(log_ratio, **shape),
-        torch.empty_like(log_ratio, **shape),
-        torch.empty_like(log_ratio, **shape),
-    )
+def _terms_fake(log_ratio, kind, param):
+    return _outputs(log_ratio)
 
 
 def _terms_setup(ctx, inputs, output):
@@ -55,11 +58,14 @@ def _terms_setup(ctx, inputs, output):
 def _terms_backward(ctx, _grad_f, grad_psi, _grad_h):
     if grad_psi is None:
         return None, None, None
+    refuse_double_backward("divergence_terms", grad_psi)  # d h / d l is not available: no second derivative
     (h,) = ctx.saved_tensors
     return -grad_psi * h, None, None  # h = -d psi / d l
 
 
-_terms_op.register_autograd(_terms_backward, setup_context=_terms_setup)
+divergence_terms_op = Op(
+    "divergence_terms", _terms, fake=_terms_fake, setup_context=_terms_setup, backward=_terms_backward
+)
 
 
 _RATES: dict[tuple[int, float, bool], tuple[float, float]] = {}
@@ -81,8 +87,8 @@ def dtype_max_exponent(dtype: torch.dtype) -> float:
 def clamp_log_ratio(log_ratio: torch.Tensor, div: Divergence, max_exponent: float, *, of_f: bool = False):
     """l clamped so that psi and h (and f with of_f) of `div` evaluate no exponential above e^max_exponent."""
     up, down = _rates(div.kernel_id, div.kernel_param, of_f)
-    lo = -max_exponent / down if down > 0 else None
-    hi = max_exponent / up if up > 0 else None
+    lo = operand(-max_exponent / down, log_ratio) if down > 0 else None
+    hi = operand(max_exponent / up, log_ratio) if up > 0 else None
     if lo is None and hi is None:
         return log_ratio
     return log_ratio.clamp(min=lo, max=hi)
@@ -92,7 +98,8 @@ def divergence_terms(log_ratio: torch.Tensor, div: str | Divergence) -> tuple[to
     """(f, psi, h) of a divergence at l = log_ratio, from the C++ functors; float32/float64 (16-bit inputs
     are evaluated in float32). psi carries the gradient -h to log_ratio; f and h are detached. No clamping:
     see clamp_log_ratio for sequence-level log-ratios."""
-    div = resolve(div)
+    check_float_tensor("log_ratio", log_ratio)
+    div = resolve(div, argname="div").check_compute_dtype(log_ratio.dtype, argname="div")
     if log_ratio.dtype not in (torch.float32, torch.float64):
         log_ratio = log_ratio.float()
-    return _terms_op(log_ratio, div.kernel_id, div.kernel_param)
+    return divergence_terms_op(log_ratio, div.kernel_id, div.kernel_param)
