@@ -346,3 +346,149 @@ def test_topk_nan_teacher_logprob_gives_a_nan_row():
     assert torch.isnan(loss[1]) and torch.isnan(grad[1]).all()
     assert torch.equal(torch.isnan(loss).cpu(), torch.isnan(cpu_loss))
     assert torch.equal(torch.isnan(grad).cpu(), torch.isnan(cpu_grad))
+
+
+# --- the categorical numerics shared with the CPU (divergences.h: shifted forms, near-r = 1 polynomials,
+# total_variation's dead zone), checked as tests/test_f_divergence.py checks them on the CPU, on both paths ------
+
+ACCURACY = [d for d in ALL if not (isinstance(d, fdiv_ops.Divergence) and d.param in (0.0, 1.0))]
+ACCURACY_IDS = [str(d) for d in ACCURACY]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale, temperature, offset", [(1.0, 1.0, 0.5), (10.0, 0.7, -3.0), (100.0, 2.0, 20.0)])
+def test_total_variation_gradient_is_zero_where_p_equals_q_up_to_rounding(dtype, scale, temperature, offset, path):
+    """p = q up to the rounding of t = s + offset: psi's dead zone (a few ulps of the scaled logits, the same
+    rule as the CPU's) gives exactly no gradient, for teacher logits and cached log-probs."""
+    if dtype == torch.float64 and path == "cluster":
+        pytest.skip("float64 always streams")
+    gen = torch.Generator().manual_seed(0)
+    s = (scale * torch.randn(4, 1000, generator=gen, dtype=torch.float64)).to(device="cuda", dtype=dtype)
+    for teacher, logprobs in ((s + offset, False), (torch.log_softmax(s / temperature, -1), True)):
+        loss, grad = _fused(
+            s, teacher, divergence="total_variation", temperature=temperature, teacher_is_logprobs=logprobs
+        )
+        assert grad.abs().max() <= 1e-8 and abs(loss.item()) <= 1e-6, (grad.abs().max(), loss, logprobs)
+
+
+@pytest.mark.parametrize("topk", [False, True], ids=["dense", "topk"])
+def test_total_variation_keeps_its_gradient_outside_the_dead_zone(topk, path):
+    """The dead zone is a few ulps wide: a ratio of 1 +- 1e-4 keeps psi = -+1/2 (matches the reference)."""
+    gen = torch.Generator().manual_seed(1)
+    student = _logits((3, 500))
+    teacher = student + 1e-4 * torch.randn(3, 500, generator=gen, dtype=torch.float64).sign().cuda().float()
+    if not topk:
+        loss, grad = _fused(student, teacher, divergence="total_variation")
+        want_loss, want_grad = _reference(student, teacher, divergence="total_variation")
+    else:
+        logprobs, indices = torch.log_softmax(teacher.double(), -1).topk(20, dim=-1)
+        logprobs = logprobs.float()  # the reference takes the very values the kernel gets
+        loss, grad = _fused(student, teacher_topk=(indices, logprobs), divergence="total_variation")
+        want_loss, want_grad = _reference(
+            student,
+            indices,
+            fn=lambda z, i, **k: ref.f_divergence_topk_loss(z, i, logprobs.double(), **k),
+            divergence="total_variation",
+        )
+    _close(loss, want_loss, torch.float32)
+    _close(grad, want_grad, torch.float32)
+
+
+@pytest.mark.parametrize("divergence", ACCURACY, ids=ACCURACY_IDS)
+def test_float32_within_2e_5_of_float64_at_v_128256(divergence, path):
+    """fp32 loss and gradient within 2e-5 relative of float64 (of the same fp32 inputs) at a Llama-3 vocabulary,
+    the CPU's bound (tests/test_f_divergence.py)."""
+    vocab = 128256
+    student, teacher = _logits((3, vocab)), _logits((3, vocab), gen_seed=1)
+    loss, grad = _fused(student, teacher, divergence=divergence, reduction="none")
+    want_loss, want_grad = _reference(student, teacher, divergence=divergence, reduction="none")
+    assert ((loss.double() - want_loss).abs() <= 2e-5 * want_loss.abs()).all(), (loss, want_loss)
+    err = (grad.double() - want_grad).abs()
+    if fdiv_ops.resolve(divergence).name == "total_variation":
+        # entries inside psi's dead zone (|log p/q| of a few ulps, by design psi = 0) are not compared
+        log_ratio = torch.log_softmax(teacher.double(), -1) - torch.log_softmax(student.double(), -1)
+        outside = log_ratio.abs() > 1e-5
+        assert (~outside).sum() <= 3
+        err = torch.where(outside, err, torch.zeros_like(err))
+    assert (err <= 2e-5 * want_grad.abs().amax(-1, keepdim=True)).all(), err.max()
+
+
+@pytest.mark.parametrize("divergence", ACCURACY, ids=ACCURACY_IDS)
+def test_tiny_divergence_rows_within_eager_float32_error(divergence, path):
+    """Rows where the teacher is the student plus a small perturbation (divergences of 1e-5 to 1e-15): the fp32
+    loss stays within eager fp32's error of float64 and within 1e-6 relative (plus 1e-12 absolute) of it, the
+    gradient of the rows >= 1e-9 within 1e-5 of its largest entry and no worse than eager's (the CPU's bounds)."""
+    vocab = 20000
+    gen = torch.Generator().manual_seed(2)
+    student = _logits((5, vocab))
+    noise = (
+        torch.randn(5, vocab, generator=gen, dtype=torch.float64) * torch.tensor([1e-2, 1e-3, 1e-4, 1e-5, 0.0])[:, None]
+    )
+    teacher = (student.double() + 0.37 + noise.cuda()).float()
+    loss, grad = _fused(student, teacher, divergence=divergence, reduction="none")
+    truth_loss, truth_grad = _reference(student, teacher, divergence=divergence, reduction="none")
+    s = student.clone().requires_grad_()
+    eager_loss = ref.f_divergence_loss(s, teacher, divergence=divergence, reduction="none")
+    eager_loss.sum().backward()
+    err = (loss.double() - truth_loss).abs()
+    eager_err = (eager_loss.detach().double() - truth_loss).abs()
+    assert (err <= eager_err + 1e-15).all(), (err, eager_err)
+    if fdiv_ops.resolve(divergence).name != "total_variation":
+        assert (err <= 1e-6 * truth_loss.abs() + 1e-12).all(), (err, truth_loss)
+        rows = slice(0, 3)
+        g_err = (grad[rows].double() - truth_grad[rows]).abs().amax(-1)
+        g_eager = (s.grad[rows].double() - truth_grad[rows]).abs().amax(-1)
+        assert (g_err <= 1e-5 * truth_grad[rows].abs().amax(-1)).all() and (g_err <= g_eager).all()
+
+
+@pytest.mark.parametrize("divergence", ALL, ids=IDS)
+@pytest.mark.parametrize("logprobs", [False, True], ids=["logits", "logprobs"])
+def test_cpu_and_cuda_agree_on_tiny_and_masked_rows(divergence, logprobs, path):
+    """The same categorical numerics on both devices: rows of every kind (ordinary, tiny divergence, identical,
+    -inf entries on either side, a vocabulary tail) agree to float32 rounding, not just to the reference's
+    tolerance; a cached teacher row of -inf gives 0 and 0 on both."""
+    gen = torch.Generator().manual_seed(3)
+    student = 2.0 * torch.randn(6, 3001, generator=gen, dtype=torch.float64)
+    teacher = 2.0 * torch.randn(6, 3000, generator=gen, dtype=torch.float64)
+    teacher[1] = student[1, :3000] + 0.3 + 1e-4 * torch.randn(3000, generator=gen, dtype=torch.float64)
+    teacher[2] = student[2, :3000]
+    student[3, :40] = -math.inf
+    teacher[4, 100:300] = -math.inf
+    teacher[5] = -math.inf
+    student, teacher = student.float(), teacher.float()
+    if logprobs:
+        teacher = torch.log_softmax(teacher, -1)
+        teacher[5] = -math.inf  # (log_softmax of a row of -inf is NaN)
+    kw = {"divergence": divergence, "reduction": "none", "teacher_is_logprobs": logprobs, "max_vocab_pad": None}
+    cuda_loss, cuda_grad = _fused(student.cuda(), teacher.cuda(), **kw)
+    cpu_loss, cpu_grad = _fused(student, teacher, **kw)
+    assert cuda_loss[5] == 0 and (cuda_grad[5] == 0).all() and cpu_loss[5] == 0
+    torch.testing.assert_close(cuda_loss.cpu(), cpu_loss, rtol=1e-5, atol=1e-7 * float(cpu_loss.abs().max()) + 1e-12)
+    scale = cpu_grad.abs().amax(-1, keepdim=True)
+    assert ((cuda_grad.cpu() - cpu_grad).abs() <= 1e-5 * scale + 1e-12).all()
+
+
+@pytest.mark.parametrize("where", ["student", "teacher"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nan_in_a_one_entry_row(where, dtype):
+    """The smallest row (V = 1): a NaN makes exactly its row NaN (tests/test_properties.py, on the GPU)."""
+    logits = torch.tensor([[math.nan], [0.5]], dtype=dtype, device="cuda")
+    other = torch.tensor([[0.0], [0.0]], dtype=dtype, device="cuda")
+    student, teacher = (logits, other) if where == "student" else (other, logits)
+    rows = fdiv_ops.f_divergence_loss(student, teacher, reduction="none")
+    assert torch.isnan(rows[0]) and not torch.isnan(rows[1]), rows
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "js", "total_variation", fdiv_ops.alpha(2.0)], ids=str)
+def test_nan_rows_leave_the_other_rows_bit_for_bit(divergence, path):
+    """The CPU's check (tests/test_f_divergence.py): poisoned rows are NaN, every other row is exactly what it is
+    without the poison (each row is computed on its own, in a fixed order)."""
+    student, teacher = _logits((7, 301)), _logits((7, 301), gen_seed=1)
+    student[0, :10] = -math.inf
+    clean_loss, clean_grad = _fused(student, teacher, divergence=divergence, reduction="none")
+    student[1, 7], teacher[2, 300] = math.nan, math.nan
+    student[3, 0], teacher[4, 150] = math.inf, math.inf
+    loss, grad = _fused(student, teacher, divergence=divergence, reduction="none")
+    poisoned = torch.tensor([False, True, True, True, True, False, False], device="cuda")
+    assert torch.isnan(loss[poisoned]).all() and torch.isnan(grad[poisoned]).all()
+    assert torch.equal(loss[~poisoned], clean_loss[~poisoned]) and torch.equal(grad[~poisoned], clean_grad[~poisoned])
