@@ -1,8 +1,10 @@
 """The CUDA token-KD kernels of f_divergence_loss (csrc/cuda/f_divergence/) against the float64 reference:
 every divergence on the streaming and the sm_90 cluster paths (dense: vocabulary mismatch, cached teacher
 log-probs, the hard term and the in-place gradient through fused_linear_f_divergence; top-k), the cluster
-path at V = 128256 bf16 and at odd V, misaligned rows, and the NaN rule (a NaN or +inf teacher entry makes
-its row NaN, exactly as on the CPU). Every test needs a GPU (marked `cuda`: skipped without one).
+path at V = 128256 bf16 and at odd V, misaligned rows, the NaN rule (a NaN or +inf teacher entry makes
+its row NaN, exactly as on the CPU), and the categorical numerics the CPU tests check (total_variation's dead
+zone, fp32 within 2e-5 of float64 at V = 128256, tiny-divergence rows, CPU = CUDA to float32 rounding on
+masked and tiny rows). Every test needs a GPU (marked `cuda`: skipped without one).
 
 FDIV_OPS_TOKEN_KD_PATH=stream|cluster forces a dense path (read per launch); "cluster" needs a compute
 capability >= 9.0 and an image built with compute_90 code (the dev default "80-real;90" has it)."""
