@@ -12,7 +12,8 @@ hot loop is larger than that refetches its own code on every iteration.
     python scripts/sass_report.py --build DIR --json-only --out FILE.json   # e.g. a baseline build
 
 Needs cuobjdump and nvdisasm: from the CUDA toolkit, or `pip install nvidia-cuda-cuobjdump
-nvidia-cuda-nvdisasm` (both found automatically). `--baseline FILE.json` adds a before/after summary.
+nvidia-cuda-nvdisasm` (both found automatically). `--baseline FILE.json --baseline-label TEXT` adds a
+before/after summary; repeat the pair for several earlier builds (newest first).
 """
 
 from __future__ import annotations
@@ -172,8 +173,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", type=Path, default=ROOT / "build/dev-cuda")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/sass.md")
-    ap.add_argument("--baseline", type=Path, help="a JSON written by --json-only from an earlier build")
-    ap.add_argument("--baseline-label", default="an earlier build", help="what the baseline was built from")
+    ap.add_argument(
+        "--baseline", type=Path, action="append", default=[], help="a JSON written by --json-only (repeatable)"
+    )
+    ap.add_argument(
+        "--baseline-label", action="append", default=[], help="what each --baseline was built from, in order"
+    )
     ap.add_argument("--json-only", action="store_true", help="write only the JSON (to --out)")
     args = ap.parse_args()
     rows = collect(args.build)
@@ -201,14 +206,9 @@ def main() -> None:
         "",
         *summary(rows),
     ]
-    if args.baseline:
-        base = json.loads(args.baseline.read_text())
-        lines += [
-            "",
-            f"## Before: {args.baseline_label} (`{args.baseline.name}`)",
-            "",
-            *summary(base),
-        ]
+    for i, path in enumerate(args.baseline):
+        label = args.baseline_label[i] if i < len(args.baseline_label) else "an earlier build"
+        lines += ["", f"## Before: {label} (`{path.name}`)", "", *summary(json.loads(path.read_text()))]
     lines += ["", "## Every kernel", "", *table(rows), ""]
     args.out.write_text("\n".join(lines))
     print(f"wrote {len(rows)} kernels to {args.out} (and {args.out.with_suffix('.json').name})")
