@@ -1,0 +1,111 @@
+// The CPU entry points of f_divergence_loss (include/fdiv_ops/f_divergence.h): the per-launch constants,
+// one block of rows per OpenMP thread, and each thread's scratch row; the kernels are dense_row.h and topk.cpp.
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+#include <type_traits>
+#include <vector>
+
+#include <omp.h>
+
+#include "kernels.h"
+
+namespace fdiv_ops {
+namespace {
+
+using fdiv_cpu::DenseSetup;
+
+// Rows are split into one contiguous block per thread (static schedule: rows cost the same).
+template <typename Fn>
+void parallel_rows(int64_t rows, int num_threads, Fn fn) {
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads, rows)));
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t id = omp_get_thread_num(), n = omp_get_num_threads();
+    const int64_t begin = rows * id / n, end = rows * (id + 1) / n;
+    fn(begin, end);
+  }
+}
+
+// Each thread's scratch row, kept across calls (OpenMP reuses its threads), so that no call pays for fresh
+// pages: O(V) per thread, never (rows x V).
+double* thread_scratch(size_t doubles) {
+  thread_local std::vector<double> buf;
+  if (buf.size() < doubles) buf.resize(doubles);
+  return buf.data();
+}
+
+template <typename A, typename Rows>
+void run_dense(const FDivergenceArgs& args, int num_threads, Rows rows_fn) {
+  const DenseSetup<A> setup = fdiv_cpu::make_setup<A>(args.divergence);
+  const size_t doubles =
+      (static_cast<size_t>(fdiv_cpu::dense_scratch_size(args.student_vocab, args.teacher_vocab)) * sizeof(A) + 7) / 8;
+  parallel_rows(args.rows, num_threads, [&](int64_t b, int64_t e) {
+    rows_fn(args, b, e, setup, reinterpret_cast<A*>(thread_scratch(doubles)));
+  });
+}
+
+template <typename T>
+void categorical_eval(const CategoricalEvalArgs& a) {
+  const DivergenceSpec spec = canonical_spec(a.divergence);
+  const DenseSetup<T> setup = fdiv_cpu::make_setup<T>(spec);
+  const T* lq = static_cast<const T*>(a.log_q);
+  const T* lp = static_cast<const T*>(a.log_p);
+  T* qf_out = static_cast<T*>(a.qf_out);
+  T* qpsi_out = static_cast<T*>(a.qpsi_out);
+  FDIV_DIVERGENCE_SWITCH(spec.kind, [&](auto div) {
+    using Div = decltype(div);
+    for (int64_t i = 0; i < a.n; ++i) {
+      // Unshifted (q f and q psi, as the reference has them): the closed forms of cat where the kernels take
+      // them, the kernels' near polynomials plus c1 q expm1(l) = c1 (p - q) elsewhere.
+      const CatPoint<T> e{VecMath::exp(lq[i]), VecMath::exp(lp[i]), lp[i] - lq[i], lq[i], lp[i], T(0)};
+      T qf, qpsi, near_f, near_psi;
+      Div::template cat<VecMath>(e, setup.param, &qf, &qpsi);
+      cat_terms<Div, VecMath>(e, setup.param, setup.series, &near_f, &near_psi);
+      if (fabs_(e.l) < setup.series.tau) {
+        qf = near_f + setup.c1 * e.q * VecMath::expm1(e.l);
+        qpsi = near_psi - setup.c1 * e.q;
+      }
+      qf_out[i] = qf;
+      qpsi_out[i] = qpsi;
+    }
+    return 0;
+  });
+}
+
+}  // namespace
+
+void f_divergence_cpu(const FDivergenceArgs& args, int num_threads) {
+  switch (args.dtype) {
+    case DType::float32:
+      return run_dense<float>(args, num_threads, fdiv_cpu::dense_rows_f32);
+    case DType::float64:
+      return run_dense<double>(args, num_threads, fdiv_cpu::dense_rows_f64);
+    case DType::bfloat16:
+      return run_dense<float>(args, num_threads, fdiv_cpu::dense_rows_bf16);
+    case DType::float16:
+      return run_dense<float>(args, num_threads, fdiv_cpu::dense_rows_f16);
+  }
+  throw std::invalid_argument("f_divergence: unsupported dtype");
+}
+
+void f_divergence_topk_cpu(const FDivergenceTopkArgs& args, int num_threads) {
+  const DivergenceSpec spec = canonical_spec(args.divergence);
+  const size_t acc_size = args.dtype == DType::float64 ? sizeof(double) : sizeof(float);
+  const size_t doubles =
+      (static_cast<size_t>(fdiv_cpu::dense_scratch_size(args.vocab, args.vocab)) * acc_size + 7) / 8 +
+      4 * static_cast<size_t>(args.k);
+  parallel_rows(args.rows, num_threads,
+                [&](int64_t b, int64_t e) { fdiv_cpu::topk_rows(args, b, e, spec, thread_scratch(doubles)); });
+}
+
+void categorical_eval_cpu(const CategoricalEvalArgs& args) {
+  if (args.dtype == DType::float64)
+    categorical_eval<double>(args);
+  else if (args.dtype == DType::float32)
+    categorical_eval<float>(args);
+  else
+    throw std::invalid_argument("categorical_eval: log-probabilities must be float32 or float64");
+}
+
+}  // namespace fdiv_ops
