@@ -283,18 +283,51 @@ def test_sharded_equals_unsharded(world_results, case):
     assert not failures, "\n".join(failures)
 
 
-def test_top_k_teacher_is_refused_before_any_collective():
-    if not dist.is_initialized():
-        store = dist.HashStore()
-        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+@pytest.fixture
+def single_rank_group():
+    """A one-rank gloo group in this process (the vocabulary in one shard): the op's plumbing without spawning."""
+    if dist.is_initialized():
+        yield dist.group.WORLD
+        return
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
-        z = torch.randn(2, 5)
-        topk = torch.topk(z, 2)
-        with pytest.raises(ValueError, match="teacher_topk is not supported with vocab_parallel_group"):
-            fdiv_ops.f_divergence_loss(
-                z, teacher_topk=(topk.indices, topk.values), vocab_parallel_group=dist.group.WORLD
-            )
-        with pytest.raises(TypeError, match=r"vocab_parallel_group must be a torch\.distributed ProcessGroup"):
-            fdiv_ops.f_divergence_loss(z, z, vocab_parallel_group="world")
+        yield dist.group.WORLD
     finally:
         dist.destroy_process_group()
+
+
+def test_top_k_teacher_is_refused_before_any_collective(single_rank_group):
+    z = torch.randn(2, 5)
+    topk = torch.topk(z, 2)
+    with pytest.raises(ValueError, match="teacher_topk is not supported with vocab_parallel_group"):
+        fdiv_ops.f_divergence_loss(z, teacher_topk=(topk.indices, topk.values), vocab_parallel_group=single_rank_group)
+    with pytest.raises(TypeError, match=r"vocab_parallel_group must be a torch\.distributed ProcessGroup"):
+        fdiv_ops.f_divergence_loss(z, z, vocab_parallel_group="world")
+
+
+def test_compiles_fullgraph(single_rank_group):
+    """The collectives run inside the custom ops (the group passed by name), so torch.compile(fullgraph=True) sees
+    one opaque op per call, forward and backward, and matches eager."""
+    group = single_rank_group
+    gen = torch.Generator().manual_seed(2)
+    z, t = torch.randn(4, 11, generator=gen, requires_grad=True), torch.randn(4, 11, generator=gen)
+    labels = torch.randint(0, 11, (4,), generator=gen)
+
+    def kd(z, t, labels, temperature):
+        return fdiv_ops.f_divergence_loss(
+            z, t, labels=labels, divergence="js", temperature=temperature, vocab_parallel_group=group
+        )
+
+    def seq(z, t, labels, temperature):
+        lp, ent = fdiv_ops.sequence_logprobs(
+            z, labels, temperature=temperature, return_entropy=True, vocab_parallel_group=group
+        )
+        return lp.sum() + ent.sum()
+
+    for fn in (kd, seq):
+        want = fn(z, t, labels, 1.5)
+        (want_grad,) = torch.autograd.grad(want, z)
+        got = torch.compile(fn, fullgraph=True)(z, t, labels, 1.5)
+        (got_grad,) = torch.autograd.grad(got, z)
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(got_grad, want_grad)
