@@ -219,6 +219,56 @@ def _pad_too_large(rank, world, group):
     )
 
 
+def _readme_recipe(rank, world, group):
+    """The README's column-parallel recipe, executed from the README: loss, the hidden states' (summed) gradient and
+    each rank's weight rows equal the unsharded computation."""
+    import pathlib
+    import re
+
+    readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+    (block,) = [
+        b for b in re.findall(r"```python\n(.*?)```", readme.read_text(), flags=re.S) if "ColumnParallelLMHead" in b
+    ]
+    ns: dict = {}
+    exec(compile(block, str(readme), "exec"), ns)  # our own README
+    gen = torch.Generator().manual_seed(8)
+    vocab = sum(SHARDS[world]) + 1  # tensor_split's sizes, not SHARDS
+    w_s, w_t = torch.randn(vocab, 6, generator=gen), torch.randn(vocab, 5, generator=gen)
+    h_s, h_t = torch.randn(2, 3, 6, generator=gen), torch.randn(2, 3, 5, generator=gen)
+    labels = torch.randint(0, vocab, (2, 3), generator=gen)
+    labels[0, 1] = -100
+    head_s, head_t = ns["ColumnParallelLMHead"](w_s, group), ns["ColumnParallelLMHead"](w_t, group)
+    mine = torch.arange(vocab).tensor_split(world)[rank]
+    for recipe, reference in (
+        (
+            ns["tp_distillation_loss"],
+            lambda h, w: fdiv_ops.f_divergence_loss(
+                h @ w.T, h_t @ w_t.T, labels=labels, divergence=fdiv_ops.gkd_jsd(0.5), temperature=2.0
+            ),
+        ),
+        (
+            ns["tp_fused_distillation_loss"],
+            lambda h, w: fdiv_ops.fused_linear_f_divergence(
+                h, w, h_t, w_t, labels=labels, divergence="reverse_kl", hard_loss_weight=0.1
+            ),
+        ),
+        (
+            lambda h, head, *_: ns["tp_sequence_logprobs"](h, head, labels).sum(),
+            lambda h, w: fdiv_ops.sequence_logprobs(h @ w.T, labels).sum(),
+        ),
+    ):
+        head_s.weight.grad = None
+        h = h_s.clone().requires_grad_()
+        got = recipe(h, head_s, h_t, head_t, labels)
+        got.backward()
+        h_full, w_full = h_s.clone().requires_grad_(), w_s.clone().requires_grad_()
+        want = reference(h_full, w_full)
+        want.backward()
+        _close("loss", got.detach(), want.detach(), **FP32)
+        _close("grad_hidden", h.grad, h_full.grad, rtol=1e-4, atol=1e-5)
+        _close("grad_weight", head_s.weight.grad, w_full.grad[mine], rtol=1e-4, atol=1e-5)
+
+
 BF16 = dict(rtol=2e-2, atol=2e-3)
 CASES = {
     "forward_kl_batchmean": lambda r, w, g: _kd_case(r, w, g),
@@ -238,6 +288,7 @@ CASES = {
     "sequence_logprobs_bf16": lambda r, w, g: _seq_case(r, w, g, dtype=torch.bfloat16, tol=BF16),
     "fused_linear_f_divergence": _fused_kd,
     "fused_linear_sequence_logprobs": _fused_seq,
+    "readme_recipe": _readme_recipe,
     "misaligned_shards_raise": _misaligned,
     "labels_differ_raise": _labels_differ,
     "pad_too_large_raise": _pad_too_large,
