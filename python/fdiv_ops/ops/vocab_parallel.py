@@ -175,7 +175,8 @@ def kd_rows(
     t_scale = 1.0 if teacher_is_logprobs else inv_t
     for logits, col, scale in ((student, 0, inv_t), (teacher, 2, t_scale), (student, 4, 1.0))[: width // 2]:
         launch(_C.vp_row_stats, device, logits=logits, stats=stats, col=col, scale=scale, with_moment=False)
-    buf[rows * width : rows * width + 2] = torch.tensor([vs, vt], dtype=acc)
+    buf[rows * width].fill_(vs)  # fills, not a copy from a host tensor: no sync on CUDA
+    buf[rows * width + 1].fill_(vt)
     buf[rows * width + 2 :] = torch.cat([_fingerprint(labels, rows, device, acc), buf.new_zeros(_META - 4)])
     gathered = _gather(buf, group)  # collective 1
     per_rank = gathered[:, : rows * width].view(-1, rows, width)
@@ -513,7 +514,8 @@ def seq_rows(
     buf = logits.new_empty(rows * width + _META, dtype=acc)
     stats = buf[: rows * width].view(rows, width)
     launch(_C.vp_row_stats, device, logits=logits, stats=stats, col=0, scale=inv_t, with_moment=with_entropy)
-    buf[rows * width : rows * width + 2] = torch.tensor([v, 0], dtype=acc)
+    buf[rows * width].fill_(v)  # a fill, not a copy from a host tensor: no sync on CUDA
+    buf[rows * width + 1].fill_(0)
     buf[rows * width + 2 :] = _fingerprint(labels, rows, device, acc)
     gathered = _gather(buf, group)  # collective 1
     per_rank = gathered[:, : rows * width].view(-1, rows, width).double()
