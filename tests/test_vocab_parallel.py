@@ -382,3 +382,44 @@ def test_compiles_fullgraph(single_rank_group):
         (got_grad,) = torch.autograd.grad(got, z)
         torch.testing.assert_close(got, want)
         torch.testing.assert_close(got_grad, want_grad)
+
+
+def test_opcheck(single_rank_group):
+    """torch.library.opcheck on the registered vocabulary-parallel ops (schema, fake, autograd registration)."""
+    from fdiv_ops.ops import vocab_parallel as vp
+
+    name = single_rank_group.group_name
+    gen = torch.Generator().manual_seed(6)
+    z, t = torch.randn(4, 9, generator=gen, requires_grad=True), torch.randn(4, 9, generator=gen)
+    labels = torch.randint(0, 9, (4,), generator=gen)
+    h, w = torch.randn(4, 5, generator=gen, requires_grad=True), torch.randn(9, 5, generator=gen, requires_grad=True)
+    half = torch.tensor(0.5, dtype=torch.float64)
+    cases = [
+        (vp.dense_op, (z, t, torch.full((4,), 0.25), labels, 2, 0.0, half, False, -1, name)),
+        (vp.seq_op, (z, labels, -100, half, True, name)),
+        (vp.linear_op, (h, w, None, labels, -100, half, True, 2, name)),
+        (
+            vp.fused_op,
+            (
+                h,
+                w,
+                None,
+                h.detach(),
+                w.detach(),
+                None,
+                torch.full((4,), 0.25),
+                labels,
+                half,
+                0,
+                0.0,
+                half,
+                2,
+                -1,
+                name,
+                True,
+                True,
+            ),
+        ),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op.op, args)
