@@ -283,6 +283,9 @@ CASES = {
     "total_variation_no_labels": lambda r, w, g: _kd_case(r, w, g, divergence="total_variation", with_labels=False),
     "bf16_js": lambda r, w, g: _kd_case(r, w, g, dtype=torch.bfloat16, divergence="js", tol=BF16),
     "bf16_forward_kl_T": lambda r, w, g: _kd_case(r, w, g, dtype=torch.bfloat16, temperature=2.0, tol=BF16),
+    "fp16_reverse_kl_pad": lambda r, w, g: _kd_case(
+        r, w, g, dtype=torch.float16, divergence="reverse_kl", pad=(0, 2), tol=dict(rtol=2e-3, atol=2e-4)
+    ),
     "nan_rule": _nan_rule,
     "sequence_logprobs": _seq_case,
     "sequence_logprobs_bf16": lambda r, w, g: _seq_case(r, w, g, dtype=torch.bfloat16, tol=BF16),
