@@ -426,3 +426,40 @@ def test_opcheck(single_rank_group):
     ]
     for op, args in cases:
         torch.library.opcheck(op.op, args)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_single_rank_nccl_matches_unsharded(single_rank_group, dtype):
+    """The CUDA phases on a one-rank NCCL group (one GPU: the whole vocabulary in one shard) equal the unsharded CUDA
+    op; an out-of-range label gives NaN there instead of raising (no host sync)."""
+    group = dist.new_group([0], backend="nccl")
+    gen = torch.Generator().manual_seed(12)
+    z = (2 * torch.randn(7, 301, generator=gen)).to(dtype).cuda()
+    t = (2 * torch.randn(7, 305, generator=gen)).to(dtype).cuda()  # teacher padding on the (only) rank
+    labels = torch.randint(0, 301, (7,), generator=gen).cuda()
+    labels[2] = -100
+    tol = FP32 if dtype == torch.float32 else BF16
+    for div in ("forward_kl", "js", fdiv_ops.gkd_jsd(0.3), "total_variation", fdiv_ops.alpha(0.5)):
+        kw = dict(labels=labels, divergence=div, temperature=1.5, reduction="sum")
+        full = z.clone().requires_grad_()
+        want = fdiv_ops.f_divergence_loss(full, t, **kw)
+        want.backward()
+        mine = z.clone().requires_grad_()
+        got = fdiv_ops.f_divergence_loss(mine, t, vocab_parallel_group=group, **kw)
+        got.backward()
+        _close(f"{div} loss", got.detach(), want.detach(), **tol)
+        _close(f"{div} grad", mine.grad, full.grad, **tol)
+    full = z.clone().requires_grad_()
+    lp, ent = fdiv_ops.sequence_logprobs(full, labels, return_entropy=True)
+    (lp.sum() + ent.sum()).backward()
+    mine = z.clone().requires_grad_()
+    glp, gent = fdiv_ops.sequence_logprobs(mine, labels, return_entropy=True, vocab_parallel_group=group)
+    (glp.sum() + gent.sum()).backward()
+    for name, got, want in (("logprobs", glp, lp), ("entropy", gent, ent), ("grad", mine.grad, full.grad)):
+        _close(name, got.detach(), want.detach(), **tol)
+    bad = labels.clone()
+    bad[0] = 301
+    out = fdiv_ops.sequence_logprobs(z, bad, vocab_parallel_group=group)
+    assert torch.isnan(out[0]) and not torch.isnan(out[1:]).any()
+    dist.destroy_process_group(group)

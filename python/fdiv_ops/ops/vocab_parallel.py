@@ -191,11 +191,13 @@ def kd_rows(
     if hard:
         flat = labels.reshape(-1).long()
         bad, check = _range_check(flat, row_scale != 0, vs_all.sum(), "of the student (the hard term's targets)")
-        checks.append(check)
+        row_checks = [check]  # CPU: raises; CUDA: only the rows in `bad` become NaN
         lse = torch.where(bad.unsqueeze(1), torch.full_like(lse, math.nan), lse)
         rank = dist.get_rank(group)
         local_labels = (flat - (torch.cumsum(vs_all, 0) - vs_all)[rank]).contiguous()
     valid = _raise_or_poison(checks, student)
+    if hard:
+        _raise_or_poison(row_checks, student)
     if device.type != "cpu":
         lse = torch.where(valid, lse, torch.full_like(lse, math.nan))
     lse = lse.contiguous()
@@ -530,7 +532,8 @@ def seq_rows(
     vocab = sizes.sum()
     ignored = labels == ignore_index
     bad, range_check = _range_check(labels, ~ignored, vocab, "or equal ignore_index")
-    valid = _raise_or_poison([_labels_check(meta[:, 2:4]), range_check], logits)
+    valid = _raise_or_poison([_labels_check(meta[:, 2:4])], logits)
+    _raise_or_poison([range_check], logits)  # CPU: raises; CUDA: only the rows in `bad` become NaN (below)
     offset = (torch.cumsum(sizes, 0) - sizes)[dist.get_rank(group)]
     local = labels - offset
     mine = ~ignored & (local >= 0) & (local < v)
