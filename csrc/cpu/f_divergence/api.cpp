@@ -7,6 +7,9 @@
 #include <vector>
 
 #include <omp.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "kernels.h"
 
@@ -35,9 +38,33 @@ double* thread_scratch(size_t doubles) {
   return buf.data();
 }
 
+// The gradient is a fresh rows x Vs tensor on every call (torch's CPU allocator returns large blocks to the
+// system), so each of its 4 KiB pages faults on first write: measured on a 2-core KVM guest, 262 MB of fresh
+// output cost ~2.2 ns per float in faults and zeroing against ~0.6 ns with 2 MiB pages, more than the rest of
+// the forward_kl kernel. Advising transparent huge pages for the output's 2 MiB-aligned interior before the
+// first write cuts the faults 512-fold where THP is in "madvise" mode (a no-op where it is "always" or
+// "never", or where the pages already exist, e.g. in place over the student's logits). Advice only: any
+// error is ignored, and no byte outside the buffer is touched.
+void advise_huge_pages(void* data, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  if (bytes < 4 * kHuge) return;
+  const uintptr_t lo = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t hi = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
+  if (hi > lo) (void)madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
+size_t dtype_bytes(DType d) { return d == DType::float64 ? 8 : (d == DType::float32 ? 4 : 2); }
+
 template <typename A, typename Rows>
 void run_dense(const FDivergenceArgs& args, int num_threads, Rows rows_fn) {
   const DenseSetup<A> setup = fdiv_cpu::make_setup<A>(args.divergence);
+  if (args.grad != args.student)
+    advise_huge_pages(args.grad, size_t(args.rows) * size_t(args.student_vocab) * dtype_bytes(args.dtype));
   const size_t doubles =
       (static_cast<size_t>(fdiv_cpu::dense_scratch_size(args.student_vocab, args.teacher_vocab)) * sizeof(A) + 7) / 8;
   parallel_rows(args.rows, num_threads, [&](int64_t b, int64_t e) {
@@ -61,8 +88,8 @@ void categorical_eval(const CategoricalEvalArgs& a) {
       const CatPoint<T> e{VecMath::exp(lq[i]), VecMath::exp(lp[i]), lp[i] - lq[i], lq[i], lp[i], T(0)};
       T qf, qpsi, near_f, near_psi;
       Div::template cat<VecMath>(e, setup.param, &qf, &qpsi);
-      cat_terms<Div, VecMath>(e, setup.param, setup.series, &near_f, &near_psi);
-      if (fabs_(e.l) < setup.series.tau) {
+      fdiv_cpu::cpu_cat_terms<Div, VecMath>(e, setup.param, setup.near, &near_f, &near_psi);
+      if (fabs_(e.l) < setup.near.tau) {
         qf = near_f + setup.c1 * e.q * VecMath::expm1(e.l);
         qpsi = near_psi - setup.c1 * e.q;
       }
@@ -95,6 +122,8 @@ void f_divergence_topk_cpu(const FDivergenceTopkArgs& args, int num_threads) {
   const size_t doubles =
       (static_cast<size_t>(fdiv_cpu::dense_scratch_size(args.vocab, args.vocab)) * acc_size + 7) / 8 +
       4 * static_cast<size_t>(args.k);
+  if (args.grad != args.student)
+    advise_huge_pages(args.grad, size_t(args.rows) * size_t(args.vocab) * dtype_bytes(args.dtype));
   parallel_rows(args.rows, num_threads,
                 [&](int64_t b, int64_t e) { fdiv_cpu::topk_rows(args, b, e, spec, thread_scratch(doubles)); });
 }

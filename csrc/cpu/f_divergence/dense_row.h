@@ -104,16 +104,20 @@ struct SideExp {
 };
 
 // Pass B for one side, x[0, n) with scale c2 = log2(e) / T, one block of kBlock entries at a time: the block's
-// maximum bm (the only sweep that reads x from memory), then e_j = 2^(x_j c2 - bm c2) <= 1 over the same
+// maximum bm and minimum (the only sweep that reads x from memory), then e_j = 2^(x_j c2 - bm c2) <= 1 over the same
 // entries (from L1), stored in out for j < n_split (and beyond when store_tail); the block sums of the entries
 // below and above n_split go to bsum / btail and bm c2 to bmax. Then the per-block factors scale_b with p_j = e_j
 // scale_b: 2^(bm_b c2 - M) / S for logits (M the row maximum, S the total relative to it), 2^(bm_b c2) for log-probs
 // used as given (normalise false). Fusing the max into this sweep (instead of a max pass, then an exp pass) reads each
 // row from DRAM once.
+// The NaN rule costs no work per entry: a +inf entry makes bm +inf, and a NaN entry (which the max may drop)
+// makes its e, hence the block sum, NaN (exp2_bounded propagates NaN); a block whose maximum is -inf (only -inf
+// and NaN entries) is checked entry by entry, which is rare. The minimum says whether some entry is -inf.
 template <typename T, typename A = acc_t<T>>
 FDIV_INLINE SideExp<A> side_exp(const T* x, int64_t n, int64_t n_split, bool store_tail, A c2, bool normalise, A* out,
                                 A* bmax, A* bsum, A* btail, A* scale) {
   const int64_t nb = num_blocks(n);
+  const SideExp<A> poisoned{true, false, 0, 0, 0, 0, 0, false};
   A row_m = -kInf<A>;
   bool neg_inf = false;
   for (int64_t b = 0; b < nb; ++b) {
@@ -122,13 +126,15 @@ FDIV_INLINE SideExp<A> side_exp(const T* x, int64_t n, int64_t n_split, bool sto
 #pragma omp simd reduction(max : bm) reduction(min : bmin)
     for (int64_t j = b0; j < b1; ++j) {
       const A v = load(x, j);
-      bm = poison_max(bm, v);
+      bm = v > bm ? v : bm;
       bmin = v < bmin ? v : bmin;
     }
-    if (row_poisoned(bm)) return {true, false, 0, 0, 0, 0, 0, false};
+    if (bm != bm || bm == kInf<A>) return poisoned;
     neg_inf |= bmin == -kInf<A>;
     A head = 0, tail = 0;
-    if (bm == -kInf<A>) {  // a block of -inf: e = 0 (2^(-inf + inf) would be NaN)
+    if (bm == -kInf<A>) {  // a block of -inf (and maybe NaN): e = 0 (2^(-inf + inf) would be NaN)
+      for (int64_t j = b0; j < b1; ++j)
+        if (load(x, j) != load(x, j)) return poisoned;
       const int64_t s2 = store_tail ? b1 : s1;
 #pragma omp simd
       for (int64_t j = b0; j < s2; ++j) out[j] = A(0);
@@ -151,6 +157,7 @@ FDIV_INLINE SideExp<A> side_exp(const T* x, int64_t n, int64_t n_split, bool sto
 #pragma omp simd reduction(+ : tail)
         for (int64_t j = s1; j < b1; ++j) tail += row_exp2(load(x, j) * c2 - shift);
       }
+      if (head + tail != head + tail) return poisoned;  // a NaN entry
     }
     bmax[b] = bm * c2;
     bsum[b] = head;
@@ -225,11 +232,11 @@ struct Prefetch {
 // -inf entries in either row (kDrops false) every entry is kept and the selects go (7% of the kernel time).
 template <typename T, typename Div, bool kDrops, typename A = acc_t<T>>
 FDIV_INLINE TermSums dense_terms(const T* z, const T* t, int64_t n, const RowState<A>& rs, const CatParam<A>& param_in,
-                                 const CatSeries<A>& series_in, const A* eq, const A* qscale, A* ep, const A* pscale,
+                                 const NearSeries<A>& near_in, const A* eq, const A* qscale, A* ep, const A* pscale,
                                  const Prefetch<T>& pf) {
   // Local copies: loop invariants the compiler can keep in registers (through the references, a store to ep
   // might alias them, and some of the 13 loops then stay scalar).
-  const CatSeries<A> series = series_in;
+  const NearSeries<A> near = near_in;
   const CatParam<A> param = param_in;
   const A inv_t = rs.inv_t, t_scale = rs.t_scale, shift = rs.shift, lse_z = rs.lse_z, lse_t = rs.lse_t;
   const A c1 = rs.c1, t_mul = rs.t_mul;
@@ -251,8 +258,9 @@ FDIV_INLINE TermSums dense_terms(const T* z, const T* t, int64_t n, const RowSta
       const CatPoint<A> e{
           q, p, keep ? d - shift : A(0), keep ? x - lse_z : A(0), keep ? y - lse_t : A(0), cat_dead_zone(x, y, shift)};
       A qf, qpsi;
-      cat_terms<Div, M>(e, param, series, &qf, &qpsi);
-      const A stored = keep ? finite_or_nan(qpsi) : c1 * q;
+      cpu_cat_terms<Div, M>(e, param, near, &qf, &qpsi);
+      if constexpr (kUnboundedPsi<Div>) qpsi = finite_or_nan(qpsi);
+      const A stored = keep ? qpsi : c1 * q;
       ep[j] = stored;
       loss += keep ? qf : A(0);
       s += stored;
@@ -320,7 +328,7 @@ FDIV_INLINE RowScratch<A> row_scratch(A* base, int64_t vs, int64_t nb) {
 // Pass C of one divergence, both variants (with and without -inf entries), behind one pointer.
 template <typename T>
 using PassC = TermSums (*)(bool drops, const T* z, const T* t, int64_t n, const RowState<acc_t<T>>& rs,
-                           const CatParam<acc_t<T>>& param, const CatSeries<acc_t<T>>& series, const acc_t<T>* eq,
+                           const CatParam<acc_t<T>>& param, const NearSeries<acc_t<T>>& near, const acc_t<T>* eq,
                            const acc_t<T>* qscale, acc_t<T>* ep, const acc_t<T>* pscale, const Prefetch<T>& pf);
 
 template <typename T>
@@ -373,7 +381,7 @@ FDIV_INLINE void dense_row(const FDivergenceArgs& a, int64_t r, bool has_next, c
   const Prefetch<T> pf{has_next ? z + vs : nullptr, t + vt, g};
   // Pass C, the one divergence-specific loop (its own multiversioned function: see FDIV_DENSE_TU).
   const TermSums sums =
-      pass_c(sz.neg_inf || st.neg_inf, z, t, vc, rs, setup.param, setup.series, w.eq, w.qscale, w.ep, w.pscale, pf);
+      pass_c(sz.neg_inf || st.neg_inf, z, t, vc, rs, setup.param, setup.near, w.eq, w.qscale, w.ep, w.pscale, pf);
   // The entries past the teacher's vocabulary (student-only) are dropped; those past the student's
   // (teacher-only) drop their teacher mass. loss = sum q f~ + c1 (sum_kept p - sum_kept q), with
   // sum_all q = 1 and sum_all p = 1 exactly for logits (St, as given, for log-probs).
@@ -407,10 +415,10 @@ FDIV_INLINE void dense_row(const FDivergenceArgs& a, int64_t r, bool has_next, c
 #define FDIV_PASS_C_FN(name, id, Functor, ...)                                                                   \
   FDIV_CPU_CLONES TermSums pass_c_##name(                                                                        \
       bool drops, const DenseT* z, const DenseT* t, int64_t n, const RowState<acc_t<DenseT>>& rs,                \
-      const CatParam<acc_t<DenseT>>& param, const CatSeries<acc_t<DenseT>>& series, const acc_t<DenseT>* eq,     \
+      const CatParam<acc_t<DenseT>>& param, const NearSeries<acc_t<DenseT>>& near, const acc_t<DenseT>* eq,      \
       const acc_t<DenseT>* qscale, acc_t<DenseT>* ep, const acc_t<DenseT>* pscale, const Prefetch<DenseT>& pf) { \
-    return drops ? dense_terms<DenseT, Functor, true>(z, t, n, rs, param, series, eq, qscale, ep, pscale, pf)    \
-                 : dense_terms<DenseT, Functor, false>(z, t, n, rs, param, series, eq, qscale, ep, pscale, pf);  \
+    return drops ? dense_terms<DenseT, Functor, true>(z, t, n, rs, param, near, eq, qscale, ep, pscale, pf)      \
+                 : dense_terms<DenseT, Functor, false>(z, t, n, rs, param, near, eq, qscale, ep, pscale, pf);    \
   }
 #define FDIV_PASS_C_PTR(name, ...) &pass_c_##name,
 #define FDIV_DENSE_TU(SUFFIX)                                                                                \
