@@ -62,15 +62,23 @@ template <typename Div>
 constexpr bool kUnboundedPsi =
     std::is_same_v<Div, PearsonChi2> || std::is_same_v<Div, NeymanChi2> || std::is_same_v<Div, Alpha>;
 
+// The divergences whose c1 = f'(1) is 0 for every parameter: their shift by c1 (p - q) is left out.
+template <typename Div>
+constexpr bool kZeroC1 = std::is_same_v<Div, JS> || std::is_same_v<Div, GkdJsd> || std::is_same_v<Div, Jeffreys> ||
+                         std::is_same_v<Div, TotalVariation> || std::is_same_v<Div, PearsonChi2> ||
+                         std::is_same_v<Div, NeymanChi2> || std::is_same_v<Div, Alpha>;
+
 // q f~ and q psi~ of one entry, as the CPU row loops evaluate them: Div::cat's closed forms shifted by c1, or
 // the near polynomials where |l| < tau (divergences.h's cat_terms with the polynomials in l). Branch-free.
 template <typename Div, typename M, typename A>
 inline __attribute__((always_inline)) void cpu_cat_terms(const CatPoint<A>& e, const CatParam<A>& c,
                                                          const NearSeries<A>& s, A* qf, A* qpsi) {
   Div::template cat<M>(e, c, qf, qpsi);
-  const A c1 = Div::c1(c.a);
-  *qf -= c1 * (e.p - e.q);
-  *qpsi += c1 * e.q;
+  if constexpr (!kZeroC1<Div>) {  // 0 (p - q) is not 0 to the compiler (inf, NaN): skipped where c1 is 0
+    const A c1 = Div::c1(c.a);
+    *qf -= c1 * (e.p - e.q);
+    *qpsi += c1 * e.q;
+  }
   if constexpr (Div::kNearF || Div::kNearPsi) {
     const bool near = fabs_(e.l) < s.tau;
     const A ql = e.q * e.l;
