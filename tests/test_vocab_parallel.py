@@ -390,6 +390,7 @@ def test_compiles_fullgraph(single_rank_group):
 def test_opcheck(single_rank_group):
     """torch.library.opcheck on the registered vocabulary-parallel ops (schema, fake, autograd registration)."""
     from fdiv_ops.ops import vocab_parallel as vp
+    from fdiv_ops.ops import vocab_parallel_logprobs as vpl
 
     name = single_rank_group.group_name
     gen = torch.Generator().manual_seed(6)
@@ -399,8 +400,8 @@ def test_opcheck(single_rank_group):
     half = torch.tensor(0.5, dtype=torch.float64)
     cases = [
         (vp.dense_op, (z, t, torch.full((4,), 0.25), labels, 2, 0.0, half, False, -1, name)),
-        (vp.seq_op, (z, labels, -100, half, True, name)),
-        (vp.linear_op, (h, w, None, labels, -100, half, True, 2, name)),
+        (vpl.seq_op, (z, labels, -100, half, True, name)),
+        (vpl.linear_op, (h, w, None, labels, -100, half, True, 2, name)),
         (
             vp.fused_op,
             (
