@@ -1,35 +1,46 @@
 // CPU kernel of f_divergence_loss, dense teacher (the formulas: include/fdiv_ops/f_divergence.h; the
-// categorical numerics: include/fdiv_ops/divergences.h). One OpenMP thread per block of rows; per row r with
-// student logits z (Vs), teacher t (Vt), Vc = min(Vs, Vt), x = z/T, y = t/T (y = t for teacher log-probs):
+// categorical numerics: include/fdiv_ops/divergences.h). Chunks of rows per OpenMP thread (api.cpp); per row r
+// with student logits z (Vs), teacher t (Vt), Vc = min(Vs, Vt), x = z/T, y = t/T (y = t for teacher log-probs):
 //
-//   pass B  per block of 512 entries: the block maximum bm (NaN counted as +inf: a NaN or +inf entry makes the
-//           row NaN, row_math.h) and minimum (is there a -inf?), then e = 2^((x - bm) log2 e) over the same
-//           entries from L1, stored in a per-thread scratch row (e_q and e_p, Vs each); afterwards per-block
-//           scales turn e into probabilities (q = e_q qscale_b, p = e_p pscale_b) and give LSE(x), LSE(y)
+//   pass B  per block of 512 entries: the block maximum bm (a +inf entry makes the row NaN, row_math.h) and
+//           minimum (is there a -inf?), then e = 2^(x log2 e - bm log2 e) over the same entries from L1, stored in
+//           a per-thread scratch row (e_q and e_p, Vs each); a NaN entry makes its e and so the block sum NaN
+//           (the NaN rule at no cost per entry); afterwards per-block scales turn e into probabilities
+//           (q = e_q qscale_b, p = e_p pscale_b) and give LSE(x), LSE(y)
 //   pass C  l = log(p/q) = (t - z)/T - (LSE(y) - LSE(x)), from the logits (a common rounding of the LSEs then
 //           shifts every l alike, which moves the shifted loss only at second order); loss = sum q f~ and
-//           S = sum q psi~ (shifted forms, near-r = 1 polynomials, divergences.h); q psi~ overwrites e_p.
+//           S = sum q psi~ (shifted forms, near-r = 1 polynomials in l: kernels.h); q psi~ overwrites e_p.
 //           One multiversioned function per divergence, with and without the dropped-entry (-inf) logic.
 //   pass D  grad_j = scale/T (q psi~_j - q_j S)  (dropped and student-only entries: q psi~ = c1 q), written once
 //   hard term (labels): + w (LSE_1(z) - z_y) in the loss, + scale w (softmax(z)_j - [j=y]) in pass D, with
 //           LSE_1 at temperature 1 (a max and an exp pass over z only when T != 1)
 // Row sums: float within a block of 512 entries (so every loop vectorises at the full float width), float64
 // across blocks.
-// Transcendentals per element (float32, teacher logits), before (three passes, max + exp for the LSEs, the
-// categorical forms from log-probabilities in passes 2 and 3) -> after:
-//   LSE pass    2 exp (one per side)              -> 2 exp2 (one per side, pass B)
-//   loss pass   forward_kl 1 exp, reverse_kl 1 exp, js / gkd_jsd 3 exp + 1 log1p
-//               -> forward_kl 0, reverse_kl 0, js / gkd_jsd 1 exp + 1 log1p (on [0, 1], pass C)
-//   grad pass   forward_kl 2 exp, reverse_kl 1 exp, js / gkd_jsd 2 exp + 1 log1p -> 0 for all (pass D)
-//   totals      forward_kl 5 -> 2, reverse_kl 4 -> 2, js / gkd_jsd 9 -> 4 per element.
-//   (Pass C of the others: squared_hellinger 2 sqrt, jeffreys 0, total_variation 1 expm1, softened_rkl and
-//   skew_* 1 exp + 1 log1p, pearson/neyman 2 exp, alpha 3 exp.) Teacher log-probs: 1 exp2 per teacher entry,
-//   no max, no LSE.
+//
+// Transcendentals per element and pass (float32, teacher logits; the history: three passes with max + exp for
+// the LSEs and the categorical forms from log-probabilities in passes 2 and 3, then these four passes):
+//   pass B    2 exp2 (one per side; 2 exp before)                      0 log
+//   pass C    forward_kl, reverse_kl, jeffreys: 0 (1 exp before for the KLs)
+//             js, gkd_jsd, softened_rkl, skew_*: 1 exp + 1 log1p of [0, 1] (js / gkd_jsd: 3 exp + 1 log1p before)
+//             squared_hellinger 2 sqrt, total_variation 1 expm1, pearson / neyman 1 exp + 1 expm1, alpha
+//             1 exp + 2 expm1
+//   pass D    0 (2 exp before for forward_kl, 1 for reverse_kl, 2 exp + 1 log1p for js / gkd_jsd); with labels
+//             at T != 1, 1 exp (the temperature-1 softmax)
+//   totals    forward_kl 5 -> 2, reverse_kl 4 -> 2, js / gkd_jsd 9 -> 4 per element.
+//   Per row, not per element: one exp2 per block of 512 and one log per side. Teacher log-probs: 1 exp2 per
+//   teacher entry (its block maxima too, no normalisation). Every exp here is 2^w by one degree-6 polynomial
+//   times 2^n (vec_math.h); log1p of [0, 1] is Cephes' polynomial after a one-compare reduction.
+// Cost on an AVX-512 core (Zen 4, x86-64-v4 clone, instructions per 16 entries of the innermost loops; the
+// fused multiply-add/multiply pipe takes one 16-wide op per cycle): pass B 2 x (3 for the max sweep + 18 for
+// exp2 and its store); pass C forward_kl 34 (23 multiply-adds: 14 of them the two near polynomials),
+// reverse_kl 38, js / gkd_jsd ~110; pass D 4. Measured at rows 2048 x V 32000 fp32, 1 thread, the
+// forward_kl kernel takes ~1.3 ns per element (~1.2 of it arithmetic: the same rows resident in cache).
+//
 // Bytes per row: pass B reads z and t once from memory (the next row's are prefetched into L2 during this
-// row's pass C, and this row's gradient too) and writes the 2 scratch rows; C reads z, t and the scratch from
-// L2 and rewrites one scratch row; D reads the scratch and writes the gradient. For fp32 and V = 32000 the row
-// pair and the scratch are 512 KB, inside a core's L2; memory sees one read of each input and one write of
-// the gradient.
+// row's pass C, and this row's gradient too: without these prefetches the kernel is ~25% slower) and writes the
+// 2 scratch rows; C reads z, t and the scratch from L2 and rewrites one scratch row; D reads the scratch and
+// writes the gradient. For fp32 and V = 32000 the row pair and the scratch are 512 KB, inside a core's L2;
+// memory sees one read of each input and one write of the gradient (whose fresh pages api.cpp asks to be huge).
 // In place: grad may alias the student row: passes B and C read all of z before pass D writes, and pass D
 // reads z_j (hard term at T != 1) before it writes g_j.
 // Every hot loop is `#pragma omp simd`, branch-free, inside target_clones functions (x86-64-v4/v3/baseline).
@@ -104,16 +115,20 @@ struct SideExp {
 };
 
 // Pass B for one side, x[0, n) with scale c2 = log2(e) / T, one block of kBlock entries at a time: the block's
-// maximum bm (the only sweep that reads x from memory), then e_j = 2^(x_j c2 - bm c2) <= 1 over the same
+// maximum bm and minimum (the only sweep that reads x from memory), then e_j = 2^(x_j c2 - bm c2) <= 1 over the same
 // entries (from L1), stored in out for j < n_split (and beyond when store_tail); the block sums of the entries
 // below and above n_split go to bsum / btail and bm c2 to bmax. Then the per-block factors scale_b with p_j = e_j
 // scale_b: 2^(bm_b c2 - M) / S for logits (M the row maximum, S the total relative to it), 2^(bm_b c2) for log-probs
 // used as given (normalise false). Fusing the max into this sweep (instead of a max pass, then an exp pass) reads each
 // row from DRAM once.
+// The NaN rule costs no work per entry: a +inf entry makes bm +inf, and a NaN entry (which the max may drop)
+// makes its e, hence the block sum, NaN (exp2_bounded propagates NaN); a block whose maximum is -inf (only -inf
+// and NaN entries) is checked entry by entry, which is rare. The minimum says whether some entry is -inf.
 template <typename T, typename A = acc_t<T>>
 FDIV_INLINE SideExp<A> side_exp(const T* x, int64_t n, int64_t n_split, bool store_tail, A c2, bool normalise, A* out,
                                 A* bmax, A* bsum, A* btail, A* scale) {
   const int64_t nb = num_blocks(n);
+  const SideExp<A> poisoned{true, false, 0, 0, 0, 0, 0, false};
   A row_m = -kInf<A>;
   bool neg_inf = false;
   for (int64_t b = 0; b < nb; ++b) {
@@ -122,13 +137,15 @@ FDIV_INLINE SideExp<A> side_exp(const T* x, int64_t n, int64_t n_split, bool sto
 #pragma omp simd reduction(max : bm) reduction(min : bmin)
     for (int64_t j = b0; j < b1; ++j) {
       const A v = load(x, j);
-      bm = poison_max(bm, v);
+      bm = v > bm ? v : bm;
       bmin = v < bmin ? v : bmin;
     }
-    if (row_poisoned(bm)) return {true, false, 0, 0, 0, 0, 0, false};
+    if (bm != bm || bm == kInf<A>) return poisoned;
     neg_inf |= bmin == -kInf<A>;
     A head = 0, tail = 0;
-    if (bm == -kInf<A>) {  // a block of -inf: e = 0 (2^(-inf + inf) would be NaN)
+    if (bm == -kInf<A>) {  // a block of -inf (and maybe NaN): e = 0 (2^(-inf + inf) would be NaN)
+      for (int64_t j = b0; j < b1; ++j)
+        if (load(x, j) != load(x, j)) return poisoned;
       const int64_t s2 = store_tail ? b1 : s1;
 #pragma omp simd
       for (int64_t j = b0; j < s2; ++j) out[j] = A(0);
@@ -151,6 +168,7 @@ FDIV_INLINE SideExp<A> side_exp(const T* x, int64_t n, int64_t n_split, bool sto
 #pragma omp simd reduction(+ : tail)
         for (int64_t j = s1; j < b1; ++j) tail += row_exp2(load(x, j) * c2 - shift);
       }
+      if (head + tail != head + tail) return poisoned;  // a NaN entry
     }
     bmax[b] = bm * c2;
     bsum[b] = head;
@@ -225,11 +243,11 @@ struct Prefetch {
 // -inf entries in either row (kDrops false) every entry is kept and the selects go (7% of the kernel time).
 template <typename T, typename Div, bool kDrops, typename A = acc_t<T>>
 FDIV_INLINE TermSums dense_terms(const T* z, const T* t, int64_t n, const RowState<A>& rs, const CatParam<A>& param_in,
-                                 const CatSeries<A>& series_in, const A* eq, const A* qscale, A* ep, const A* pscale,
+                                 const NearSeries<A>& near_in, const A* eq, const A* qscale, A* ep, const A* pscale,
                                  const Prefetch<T>& pf) {
   // Local copies: loop invariants the compiler can keep in registers (through the references, a store to ep
   // might alias them, and some of the 13 loops then stay scalar).
-  const CatSeries<A> series = series_in;
+  const NearSeries<A> near = near_in;
   const CatParam<A> param = param_in;
   const A inv_t = rs.inv_t, t_scale = rs.t_scale, shift = rs.shift, lse_z = rs.lse_z, lse_t = rs.lse_t;
   const A c1 = rs.c1, t_mul = rs.t_mul;
@@ -251,8 +269,9 @@ FDIV_INLINE TermSums dense_terms(const T* z, const T* t, int64_t n, const RowSta
       const CatPoint<A> e{
           q, p, keep ? d - shift : A(0), keep ? x - lse_z : A(0), keep ? y - lse_t : A(0), cat_dead_zone(x, y, shift)};
       A qf, qpsi;
-      cat_terms<Div, M>(e, param, series, &qf, &qpsi);
-      const A stored = keep ? finite_or_nan(qpsi) : c1 * q;
+      cpu_cat_terms<Div, M>(e, param, near, &qf, &qpsi);
+      if constexpr (kUnboundedPsi<Div>) qpsi = finite_or_nan(qpsi);
+      const A stored = keep ? qpsi : c1 * q;
       ep[j] = stored;
       loss += keep ? qf : A(0);
       s += stored;
@@ -320,7 +339,7 @@ FDIV_INLINE RowScratch<A> row_scratch(A* base, int64_t vs, int64_t nb) {
 // Pass C of one divergence, both variants (with and without -inf entries), behind one pointer.
 template <typename T>
 using PassC = TermSums (*)(bool drops, const T* z, const T* t, int64_t n, const RowState<acc_t<T>>& rs,
-                           const CatParam<acc_t<T>>& param, const CatSeries<acc_t<T>>& series, const acc_t<T>* eq,
+                           const CatParam<acc_t<T>>& param, const NearSeries<acc_t<T>>& near, const acc_t<T>* eq,
                            const acc_t<T>* qscale, acc_t<T>* ep, const acc_t<T>* pscale, const Prefetch<T>& pf);
 
 template <typename T>
@@ -373,7 +392,7 @@ FDIV_INLINE void dense_row(const FDivergenceArgs& a, int64_t r, bool has_next, c
   const Prefetch<T> pf{has_next ? z + vs : nullptr, t + vt, g};
   // Pass C, the one divergence-specific loop (its own multiversioned function: see FDIV_DENSE_TU).
   const TermSums sums =
-      pass_c(sz.neg_inf || st.neg_inf, z, t, vc, rs, setup.param, setup.series, w.eq, w.qscale, w.ep, w.pscale, pf);
+      pass_c(sz.neg_inf || st.neg_inf, z, t, vc, rs, setup.param, setup.near, w.eq, w.qscale, w.ep, w.pscale, pf);
   // The entries past the teacher's vocabulary (student-only) are dropped; those past the student's
   // (teacher-only) drop their teacher mass. loss = sum q f~ + c1 (sum_kept p - sum_kept q), with
   // sum_all q = 1 and sum_all p = 1 exactly for logits (St, as given, for log-probs).
@@ -407,10 +426,10 @@ FDIV_INLINE void dense_row(const FDivergenceArgs& a, int64_t r, bool has_next, c
 #define FDIV_PASS_C_FN(name, id, Functor, ...)                                                                   \
   FDIV_CPU_CLONES TermSums pass_c_##name(                                                                        \
       bool drops, const DenseT* z, const DenseT* t, int64_t n, const RowState<acc_t<DenseT>>& rs,                \
-      const CatParam<acc_t<DenseT>>& param, const CatSeries<acc_t<DenseT>>& series, const acc_t<DenseT>* eq,     \
+      const CatParam<acc_t<DenseT>>& param, const NearSeries<acc_t<DenseT>>& near, const acc_t<DenseT>* eq,      \
       const acc_t<DenseT>* qscale, acc_t<DenseT>* ep, const acc_t<DenseT>* pscale, const Prefetch<DenseT>& pf) { \
-    return drops ? dense_terms<DenseT, Functor, true>(z, t, n, rs, param, series, eq, qscale, ep, pscale, pf)    \
-                 : dense_terms<DenseT, Functor, false>(z, t, n, rs, param, series, eq, qscale, ep, pscale, pf);  \
+    return drops ? dense_terms<DenseT, Functor, true>(z, t, n, rs, param, near, eq, qscale, ep, pscale, pf)      \
+                 : dense_terms<DenseT, Functor, false>(z, t, n, rs, param, near, eq, qscale, ep, pscale, pf);    \
   }
 #define FDIV_PASS_C_PTR(name, ...) &pass_c_##name,
 #define FDIV_DENSE_TU(SUFFIX)                                                                                \

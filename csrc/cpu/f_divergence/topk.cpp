@@ -1,7 +1,7 @@
 // CPU kernel of f_divergence_loss with a top-k teacher (indices, log-probs of k tokens): the divergence
 // between the (k+1)-category distributions {the k tokens, one bucket with the rest of each side's mass}.
-//   pass B  as dense_row.h's, student side only: block maxima (NaN counted as +inf: NaN row) and
-//           e_q = 2^(z c2 - block max) into a per-thread scratch row; the k teacher values checked likewise
+//   pass B  as dense_row.h's, student side only: block maxima (a NaN or +inf entry: NaN row) and
+//           e_q = 2^(z c2 - block max) into a per-thread scratch row; the k teacher values checked for NaN/+inf
 //   the k + 1 categories in float64 (k is small): q_i = e_q[idx_i] scale_b, p_i = exp(lp_i); the buckets
 //           q_rest = 1 - sum_i q_i and p_rest = 1 - sum_i p_i (clamped at 0); loss, S = sum q psi, psi_rest
 //   pass D  grad_j = scale/T q_j (psi_rest - S) for every j, then grad_idx_i = scale/T (q psi_i - q_i S)

@@ -428,9 +428,17 @@ struct Alpha {  // f = (r^a - a r - (1-a)) / (a(a-1)),  a not in {0, 1}
       *up = of_f ? 1 : 0;
     }
   }
+  // Near r = 1 the expm1 form; once e^(m l) dominates (m = max(a, 1), the fastest of the three powers as
+  // l -> +inf) the powers scaled by e^(-m l), whose bracket tends to a positive constant: no inf - inf when
+  // both expm1 overflow (f -> +inf for every a), and inf only where f itself leaves the float range.
   template <typename T>
   static FDIV_HD T f(T l, T a) {
     if (is_pos_inf(l)) return pos_inf<T>();
+    const T m = a > T(1) ? a : T(1);
+    if (m * l > T(30)) {
+      const T bracket = fexp((a - m) * l) - a * fexp((T(1) - m) * l) - (T(1) - a) * fexp(-m * l);
+      return fexp(m * l) * (bracket / (a * (a - T(1))));
+    }
     return (fexpm1(a * l) - a * fexpm1(l)) / (a * (a - T(1)));
   }
   template <typename T>

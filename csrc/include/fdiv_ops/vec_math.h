@@ -78,17 +78,18 @@ FDIV_VEC_INLINE float exp(float x) {
   return x != x ? x : out;
 }
 
-// 2^w for the row passes of the token kernels, whose arguments are scaled logits minus their maximum
+// 2^w for the row passes of the token kernels, whose arguments are scaled logits minus their block maximum
 // (w <= 0, finite, or -inf for a masked entry): base 2, so the caller folds log2(e) into the logit scaling it
-// does anyway (one FMA per entry) and the reduction r = w - round(w) is exact (no Cody-Waite split). w is
-// clamped to [-126, 127] (no inf or NaN handling beyond that: NaN rows are found by the caller), and
-// w < -126 flushes to 0 (no denormal results). Polynomial: 2^r = 1 + r P(r) on |r| <= 1/2, degree 6, fitted
-// for this file (relative fit error 2e-9; 0.8 ulp in float32 with the rounding).
+// does anyway (one FMA per entry) and the reduction r = w - round(w) is exact (no Cody-Waite split). Only the
+// lower end is clamped (w >= -125, one max), and w < -125 flushes to 0 (no denormal results: 2^-125 is below
+// any probability that moves a float32 sum). A NaN w gives NaN (the clamp keeps it and the product with the
+// scale propagates it): the row kernels find NaN entries from the NaN their block sum then holds. Positive w
+// is outside the contract. Polynomial: 2^r = 1 + r P(r) on |r| <= 1/2, degree 6, fitted for this file
+// (relative fit error 2e-9; 0.8 ulp in float32 with the rounding).
 FDIV_VEC_INLINE float exp2_bounded(float w) {
-  constexpr float kShift = 12582912.0f;  // 1.5 * 2^23
-  const float wc = w < -126.0f ? -126.0f : (w > 127.0f ? 127.0f : w);
+  constexpr float kShift = 12582912.0f;        // 1.5 * 2^23: adding it rounds to an integer in the low bits
+  const float wc = w < -125.0f ? -125.0f : w;  // written so that NaN passes (one vmaxps)
   const float t = wc + kShift;
-  const int32_t n = as_int(t) - as_int(kShift);
   const float r = wc - (t - kShift);  // exact, |r| <= 1/2
   float p = 1.5353357594e-4f;
   p = p * r + 1.3398875017e-3f;
@@ -96,8 +97,10 @@ FDIV_VEC_INLINE float exp2_bounded(float w) {
   p = p * r + 5.5503323674e-2f;
   p = p * r + 2.4022647738e-1f;
   p = p * r + 6.9314718246e-1f;
-  const float y = (r * p + 1.0f) * as_float((n + 127) << 23);
-  return w < -126.0f ? 0.0f : y;
+  // 2^n from the low bits of t (n in [-125, 0]): (n + 127) << 23, the integer add folded into one constant
+  const float scale = as_float((as_int(t) - (as_int(kShift) - 127)) << 23);
+  const float y = (r * p + 1.0f) * scale;
+  return w < -125.0f ? 0.0f : y;
 }
 
 // exp(x) - 1 without cancellation for small |x| (Taylor to degree 8 on |x| < 0.35: error < 1e-9 x).
