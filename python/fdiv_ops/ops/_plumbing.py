@@ -258,8 +258,14 @@ def saved_gradient(public_name: str, slots: Sequence[tuple[int, int]]) -> tuple[
         ctx.backward_done = True
         saved = ctx.saved_tensors
         in_place = ctx.scale_in_place and _plain(grad_loss) and not torch.compiler.is_compiling()
+        # loss.backward() on CPU sends a 0-dim 1: the saved gradient is already the answer, and skipping the
+        # multiply saves a full read and write of it (rows x V). Reading a CPU scalar is no device sync.
+        unit = in_place and grad_loss.dim() == 0 and grad_loss.device.type == "cpu" and grad_loss.item() == 1.0
         for index, grad in zip(ctx.slot_inputs, saved, strict=True):
             if not ctx.needs_input_grad[index]:
+                continue
+            if unit and _plain(grad):
+                grads[index] = grad
                 continue
             # one value per row scales that row; a 0-dim grad_output stays 0-dim (a scalar in type promotion)
             factor = grad_loss if grad_loss.dim() == 0 else grad_loss.reshape(grad_loss.shape + (1,) * (grad.dim() - 1))
