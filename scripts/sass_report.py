@@ -12,7 +12,8 @@ hot loop is larger than that refetches its own code on every iteration.
     python scripts/sass_report.py --build DIR --json-only --out FILE.json   # e.g. a baseline build
 
 Needs cuobjdump and nvdisasm: from the CUDA toolkit, or `pip install nvidia-cuda-cuobjdump
-nvidia-cuda-nvdisasm` (both found automatically). `--baseline FILE.json` adds a before/after summary.
+nvidia-cuda-nvdisasm` (both found automatically). `--baseline FILE.json --baseline-label TEXT` adds a
+before/after summary; repeat the pair for several earlier builds (newest first).
 """
 
 from __future__ import annotations
@@ -44,17 +45,14 @@ def find_tool(name: str) -> str:
     try:
         import nvidia  # the pip wheels nvidia-cuda-cuobjdump / nvidia-cuda-nvdisasm
 
-        candidates += [
-            Path(p) / sub / "bin" / name for p in nvidia.__path__ for sub in ("cu13", "cu12", "cuda_cuobjdump")
-        ]
+        subs = ("cu13", "cu12", "cuda_cuobjdump")
+        candidates += [Path(p) / sub / "bin" / name for p in nvidia.__path__ for sub in subs]
     except ImportError:
         pass
     for c in candidates:
         if c.is_file():
             return str(c)
-    sys.exit(
-        f"{name} not found: install the CUDA toolkit's, or `pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm`"
-    )
+    sys.exit(f"{name} not found: use the CUDA toolkit's, or `pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm`")
 
 
 def demangle(names: list[str]) -> dict[str, str]:
@@ -140,25 +138,20 @@ def collect(build: Path) -> list[dict]:
     return rows
 
 
-def op_of(unit: str) -> str:
-    return re.split(r"[/._]", unit.replace("f_divergence", "f-divergence").replace("sequence_logprobs", "seq-lp"))[0]
-
-
 def summary(rows: list[dict]) -> list[str]:
-    """Per source stem (op) and architecture: kernels, the largest, max registers, any local memory."""
+    """Per source, kernel template and architecture: instantiations, the largest, registers, local memory."""
     groups: dict = defaultdict(list)
     for r in rows:
         stem = r["unit"].split("/")[0].split(".")[0]
-        stem = re.sub(r"_(f32|f64|bf16|f16|fp32|fp64)(_.*)?$", "", stem)
-        groups[(stem, r["arch"])].append(r)
+        groups[(stem, r["kernel"].split("<")[0], r["arch"])].append(r)
     out = [
-        "| source | arch | kernels | SASS insns (max) | SASS insns (total) | regs (max) | LDL/STL (total) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| source | kernel | arch | instances | SASS insns (max) | SASS insns (all) | regs (max) | LDL/STL (all) |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
-    for (stem, arch), rs in sorted(groups.items()):
+    for (stem, kernel, arch), rs in sorted(groups.items()):
         out.append(
-            f"| {stem} | {arch} | {len(rs)} | {max(r['insns'] for r in rs)} | {sum(r['insns'] for r in rs)} | "
-            f"{max(r['reg'] for r in rs)} | {sum(r['lmem'] for r in rs)} |"
+            f"| {stem} | {kernel} | {arch} | {len(rs)} | {max(r['insns'] for r in rs)} | "
+            f"{sum(r['insns'] for r in rs)} | {max(r['reg'] for r in rs)} | {sum(r['lmem'] for r in rs)} |"
         )
     return out
 
@@ -180,7 +173,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", type=Path, default=ROOT / "build/dev-cuda")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/sass.md")
-    ap.add_argument("--baseline", type=Path, help="a JSON written by --json-only from an earlier build")
+    ap.add_argument(
+        "--baseline", type=Path, action="append", default=[], help="a JSON written by --json-only (repeatable)"
+    )
+    ap.add_argument(
+        "--baseline-label", action="append", default=[], help="what each --baseline was built from, in order"
+    )
     ap.add_argument("--json-only", action="store_true", help="write only the JSON (to --out)")
     args = ap.parse_args()
     rows = collect(args.build)
@@ -208,14 +206,9 @@ def main() -> None:
         "",
         *summary(rows),
     ]
-    if args.baseline:
-        base = json.loads(args.baseline.read_text())
-        lines += [
-            "",
-            f"## Before (`{args.baseline.name}`: the same figures from an earlier build)",
-            "",
-            *summary(base),
-        ]
+    for i, path in enumerate(args.baseline):
+        label = args.baseline_label[i] if i < len(args.baseline_label) else "an earlier build"
+        lines += ["", f"## Before: {label} (`{path.name}`)", "", *summary(json.loads(path.read_text()))]
     lines += ["", "## Every kernel", "", *table(rows), ""]
     args.out.write_text("\n".join(lines))
     print(f"wrote {len(rows)} kernels to {args.out} (and {args.out.with_suffix('.json').name})")

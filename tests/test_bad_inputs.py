@@ -580,7 +580,12 @@ for id_, call, err, match in [
     ("time_range_inf", lambda: fdiv_ops.FDistillLoss(time_range=(0.0, math.inf)), VE, "time_range"),
     ("time_range_str", lambda: fdiv_ops.FDistillLoss(time_range="x"), TE, "time_range"),
     ("time_range_single", lambda: fdiv_ops.FDistillLoss(time_range=(0.0,)), TE, "time_range"),
-    ("forward_time_missing", lambda: fdiv_ops.FDistillLoss("js", num_time_bins=4)(*fd_args()), VE, "time is required"),
+    (
+        "forward_time_missing",
+        lambda: fdiv_ops.FDistillLoss("js", num_time_bins=4, time_range=(0.0, 1.0))(*fd_args()),
+        VE,
+        "time is required",
+    ),
     (
         "forward_time_unexpected",
         lambda: fdiv_ops.FDistillLoss("js")(*fd_args(), time=torch.rand(4)),
@@ -589,31 +594,37 @@ for id_, call, err, match in [
     ),
     (
         "forward_time_shape",
-        lambda: fdiv_ops.FDistillLoss("js", num_time_bins=4)(*fd_args(), time=torch.rand(3)),
+        lambda: fdiv_ops.FDistillLoss("js", num_time_bins=4, time_range=(0.0, 1.0))(*fd_args(), time=torch.rand(3)),
         VE,
         "time must be",
     ),
     (
         "forward_time_bool",
-        lambda: fdiv_ops.FDistillLoss("js", num_time_bins=4)(*fd_args(), time=torch.ones(4, dtype=torch.bool)),
+        lambda: fdiv_ops.FDistillLoss("js", num_time_bins=4, time_range=(0.0, 1.0))(
+            *fd_args(), time=torch.ones(4, dtype=torch.bool)
+        ),
         VE,
         "time must be",
     ),
     (
         "forward_time_list",
-        lambda: fdiv_ops.FDistillLoss("js", num_time_bins=4)(*fd_args(), time=[0.1] * 4),
+        lambda: fdiv_ops.FDistillLoss("js", num_time_bins=4, time_range=(0.0, 1.0))(*fd_args(), time=[0.1] * 4),
         VE,
         "time must be",
     ),
     (
         "forward_x",
-        lambda: fdiv_ops.FDistillLoss("js", num_time_bins=4)("x", *fd_args()[1:], time=torch.rand(4)),
+        lambda: fdiv_ops.FDistillLoss("js", num_time_bins=4, time_range=(0.0, 1.0))(
+            "x", *fd_args()[1:], time=torch.rand(4)
+        ),
         TE,
         "x must be",
     ),
     (
         "forward_logits",
-        lambda: fdiv_ops.FDistillLoss("js", num_time_bins=4)(*fd_args()[:3], randn(3), time=torch.rand(4)),
+        lambda: fdiv_ops.FDistillLoss("js", num_time_bins=4, time_range=(0.0, 1.0))(
+            *fd_args()[:3], randn(3), time=torch.rand(4)
+        ),
         VE,
         "disc_logits",
     ),

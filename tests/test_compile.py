@@ -245,7 +245,7 @@ def test_stateful_modules_compile_and_update_like_eager():
     for name, make, args_of in (
         (
             "FDistillLoss (time bins)",
-            lambda: fdiv_ops.FDistillLoss("js", num_time_bins=4, ema_rate=0.5),
+            lambda: fdiv_ops.FDistillLoss("js", num_time_bins=4, ema_rate=0.5, time_range=(0.0, 1.0)),
             lambda b: (_logits(b, 6).requires_grad_(), _logits(b, 6), _logits(b, 6), _logits(b, 2)),
         ),
         (

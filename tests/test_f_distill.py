@@ -210,7 +210,7 @@ def test_torch_compile_fullgraph():
 def test_module_time_bins_match_fastgen_rule():
     x, t, f, logits = _inputs((6, 10))
     time = torch.tensor([0.05, 0.15, 0.12, 0.95, 0.5, 0.55])
-    module = fdiv_ops.FDistillLoss("js", num_time_bins=10, ema_rate=0.5)
+    module = fdiv_ops.FDistillLoss("js", num_time_bins=10, ema_rate=0.5, time_range=(0.0, 1.0))
     xg = x.clone().requires_grad_()
     module(xg, t, f, logits, time=time).backward()
     r, _ = ref.f_distill_weights(logits.double(), "js")
@@ -303,7 +303,8 @@ def _closed_form(x, teacher, fake, logits, divergence="reverse_kl", reduction="m
         keep = torch.ones(batch, dtype=torch.bool) if skip is None else ~skip
         weight = hb / (hb[keep].mean() + 1e-6)
     w = weight / ((x - teacher).reshape(batch, -1).abs().mean(1) + eps)
-    scale = 1.0 / d.numel() if reduction == "mean" else 1.0
+    # "mean": over every element; "none": each sample's mean over its D elements; "sum": 1
+    scale = {"mean": 1.0 / d.numel(), "none": 1.0 / d.shape[1], "sum": 1.0}[reduction]
     per_sample = 0.5 * scale * w**2 * (d**2).sum(1)
     return per_sample.sum(), (scale * w[:, None] * d).reshape(x.shape), per_sample
 
@@ -400,7 +401,7 @@ def test_reduction_none_gives_the_per_sample_losses(device):
     x, t, f, logits = _inputs((5, 2, 7), device=device)
     x, t, f = (v * 1e21 for v in (x, t, f))  # formed safely, like the total
     per = fdiv_ops.f_distill_loss(x, t, f, logits, divergence="js", reduction="none")
-    _, _, want = _closed_form(x, t, f, logits, "js", reduction="sum")
+    _, _, want = _closed_form(x, t, f, logits, "js", reduction="none")
     torch.testing.assert_close(per.double().cpu(), want, rtol=1e-5, atol=0)
 
 

@@ -1,6 +1,7 @@
-"""f_distill_loss(reduction="none"): per-sample losses (B,), each 0.5 * sum_i g_bi^2 over the sample's D elements
-(their sum is the "sum" loss), written by the kernel's sample_loss output; the gradient of sum_b v_b loss_b is
-v_b g_b. Checked against the float64 reference surrogate summed per sample."""
+"""f_distill_loss(reduction="none"): per-sample losses (B,), each 0.5 * mean_i g_bi^2 over the sample's D elements
+(their mean is the "mean" loss, as for 0.5 * mse(x, target, reduction="none").mean(dim=(1, ...))), written by the
+kernel's sample_loss output; the gradient of sum_b v_b loss_b is v_b g_b / D. Checked against the float64
+reference surrogate averaged per sample."""
 
 import fdiv_ops
 import pytest
@@ -19,13 +20,13 @@ def _inputs(shape, dtype=torch.float64, heads=2):
 
 
 def _reference_per_sample(x, teacher, fake, logits, grad_output, **kw):
-    """The reference's stop-gradient surrogate summed per sample: (losses, d(sum v * losses)/dx)."""
+    """The reference's stop-gradient surrogate averaged per sample: (losses, d(sum v * losses)/dx)."""
     x = x.detach().double().clone().requires_grad_()
     # the reference's "sum" surrogate has the per-element target x - g
     batch = x.shape[0]
     per_element = ref.f_distill_loss(x, teacher.double(), fake.double(), logits, reduction="sum", **kw)
     target = (x - torch.autograd.grad(per_element, x, retain_graph=True)[0]).detach()  # x - g
-    losses = 0.5 * F.mse_loss(x, target, reduction="none").reshape(batch, -1).sum(1)
+    losses = 0.5 * F.mse_loss(x, target, reduction="none").reshape(batch, -1).mean(1)
     (grad,) = torch.autograd.grad((losses * grad_output).sum(), x)
     return losses.detach(), grad
 
@@ -53,8 +54,8 @@ def test_none_is_consistent_with_mean_and_sum():
     none = fdiv_ops.f_distill_loss(x, t, f, logits, divergence="js", reduction="none")
     mean = fdiv_ops.f_distill_loss(x, t, f, logits, divergence="js", reduction="mean")
     total = fdiv_ops.f_distill_loss(x, t, f, logits, divergence="js", reduction="sum")
-    torch.testing.assert_close(none.sum(), total, rtol=1e-13, atol=0)
-    torch.testing.assert_close(none.sum() / (4 * 30), mean, rtol=1e-13, atol=0)
+    torch.testing.assert_close(none.sum() * 30, total, rtol=1e-13, atol=0)
+    torch.testing.assert_close(none.mean(), mean, rtol=1e-13, atol=0)
 
 
 def test_opcheck_and_module_and_compile():

@@ -123,11 +123,6 @@ def test_generator_loss_with_time_bins_is_fastgens(f_div, ema):
     _compare(_run_both(f_div, ema=ema), 1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15: FDistillLoss.double() fails in its bin update (float32 ratio scattered into float64 bins); "
-    "nn.py fix for the lead: compute the bin statistics in the bins' dtype",
-)
 @pytest.mark.parametrize("f_div", ["js", "neyman"])
 def test_generator_loss_with_float64_bins_is_fastgens_exactly(f_div):
     _compare(_run_both(f_div, ema=0.5, float64_bins=True), 1e-12)
@@ -193,10 +188,6 @@ def test_the_time_range_matters():
     assert float((right.last_h - wrong.last_h).abs().max()) > 0.05
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15: FDistillLoss must refuse time bins without an explicit time_range (nn.py, lead to apply)",
-)
 def test_fdistill_loss_refuses_time_bins_without_a_time_range():
     with pytest.raises(ValueError, match="time_range"):
         fdiv_ops.FDistillLoss("js", num_time_bins=10)

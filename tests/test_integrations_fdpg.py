@@ -38,12 +38,6 @@ def test_log_space_pseudo_rewards_are_exact(divergence):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15: f_dpg_loss clamps the log-ratio for f (js's f grows like r) and then evaluates psi at the "
-    "clamped value, so js's reward stops at log((1 + e^30) / 2) = 29.3; fix in ops/alignment.py (lead): psi "
-    "from clamp_log_ratio(l, div, cap), f from clamp_log_ratio(l, div, cap, of_f=True)",
-)
 def test_js_pseudo_reward_is_not_clamped():
     # -psi(r) = log((1 + r) / 2) = softplus(l) - log 2: 99.307 at l = 100
     got = _rewards("js")

@@ -417,6 +417,66 @@ def test_dpo_names_and_errors():
 
 
 # ---------------------------------------------------------------------------------------------------
+# The README's and the core docstrings' claims about TRL, held against the installed TRL (1.16.0 when written):
+# the core ops themselves, not the integration module
+
+
+def _core_vs_trl_dpo(pairs, f_divergence_type, coef, divergence, **core_kw) -> float:
+    """Relative difference between the core f_dpo_loss's mean loss and TRL's DPOTrainer._compute_loss."""
+    losses, _, _ = fdiv_ops.f_dpo_loss(*pairs, divergence=divergence, beta=0.1, **core_kw)
+    want, _ = _trl_dpo_loss(*pairs, beta=0.1, f_divergence_type=f_divergence_type, coef=coef, label_smoothing=0.0)
+    return _rel_diff(losses.mean().detach(), want.detach())
+
+
+@pytest.mark.parametrize(
+    "f_divergence_type, coef, divergence",
+    [
+        ("js_divergence", 0.5, "js"),
+        ("forward_kl", 0.5, "forward_kl"),
+        ("reverse_kl", 0.5, "reverse_kl"),
+        ("alpha_divergence", 0.3, fdiv_ops.alpha(0.7)),
+        ("alpha_divergence", 1.5, fdiv_ops.alpha(-0.5)),
+    ],
+    ids=str,
+)
+def test_core_f_dpo_is_trl_sigmoid_loss(f_divergence_type, coef, divergence):
+    # README: "js" is TRL 1.x's js_divergence and alpha(1 - a) its alpha_divergence with coefficient a
+    assert _core_vs_trl_dpo(_dpo_pairs(False), f_divergence_type, coef, divergence) <= 1e-6
+
+
+def test_core_alpha_a_is_not_trl_1x_alpha_a():
+    # the stale claim "fdiv_ops.alpha(a) is TRL's alpha_divergence" (true for TRL <= 0.28 only)
+    assert _core_vs_trl_dpo(_dpo_pairs(False), "alpha_divergence", 0.3, fdiv_ops.alpha(0.3)) > 1e-2
+
+
+def test_trl_alpha_clamp_is_80_not_log_float32_max():
+    # (a - 1) log u = 85 and 84 for a = 1.5: both clamped at 80 (TRL 1.16: equal scores, loss log 2), neither at
+    # 88.72 (TRL <= 0.28's cap: scores 2(e^85 - 1) > 2(e^84 - 1), loss 0). max_exponent=80 reproduces TRL 1.16.
+    zeros = torch.zeros(1)
+    pairs = (torch.tensor([170.0]), torch.tensor([168.0]), zeros, zeros)
+    want, _ = _trl_dpo_loss(*pairs, beta=0.1, f_divergence_type="alpha_divergence", coef=1.5, label_smoothing=0.0)
+    assert float(want) == pytest.approx(math.log(2), rel=1e-6)
+    assert _core_vs_trl_dpo(pairs, "alpha_divergence", 1.5, fdiv_ops.alpha(-0.5), max_exponent=80.0) <= 1e-6
+    old_cap = fdiv_ops.ops.divergence_terms.dtype_max_exponent(torch.float32)
+    assert _core_vs_trl_dpo(pairs, "alpha_divergence", 1.5, fdiv_ops.alpha(-0.5), max_exponent=old_cap) > 0.5
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_core_gkd_with_labels_is_trl_batchmean(beta):
+    # README: gkd_jsd(beta) with labels is TRL 1.x's generalized_jsd_loss(..., labels, beta, T), value and gradient
+    trl_loss_fn = _trl_gkd_trainer().generalized_jsd_loss
+    student, teacher, labels = _gkd_inputs(torch.float64, True)
+    ours_in, trl_in = student.clone().requires_grad_(), student.clone().requires_grad_()
+    ours = fdiv_ops.f_divergence_loss(
+        ours_in, teacher, divergence=fdiv_ops.gkd_jsd(beta), temperature=2.0, labels=labels
+    )
+    want = trl_loss_fn(trl_in, teacher, labels, beta, 2.0)
+    ours.backward()
+    want.backward()
+    assert _rel_diff(ours.detach(), want.detach()) <= 1e-12 and _rel_diff(ours_in.grad, trl_in.grad) <= 1e-12
+
+
+# ---------------------------------------------------------------------------------------------------
 # the numbers of docs/integrations.md
 
 

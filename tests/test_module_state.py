@@ -47,7 +47,7 @@ FDISTILL_BAD = [
 
 @pytest.mark.parametrize("name, make", FDISTILL_BAD, ids=[b[0] for b in FDISTILL_BAD])
 def test_fdistill_loss_rejects_before_updating_its_bins(name, make):
-    module = fdiv_ops.FDistillLoss("js", num_time_bins=4, ema_rate=0.5)
+    module = fdiv_ops.FDistillLoss("js", num_time_bins=4, ema_rate=0.5, time_range=(0.0, 1.0))
     x, t, f, logits = _distill_inputs()
     time = torch.rand(6)
     module(x, t, f, logits, time=time)  # a valid step first: the bins and statistics hold something
@@ -64,7 +64,7 @@ def test_fdistill_loss_rejects_before_updating_its_bins(name, make):
     [("eps", 0.0), ("logit_clamp", -1.0), ("ratio_clip", (2.0, 1.0)), ("reduction", "avg"), ("normalize", "no")],
 )
 def test_fdistill_loss_rejects_a_bad_attribute_before_updating_its_bins(attribute, value):
-    module = fdiv_ops.FDistillLoss("js", num_time_bins=4, ema_rate=0.5)
+    module = fdiv_ops.FDistillLoss("js", num_time_bins=4, ema_rate=0.5, time_range=(0.0, 1.0))
     x, t, f, logits = _distill_inputs()
     module(x, t, f, logits, time=torch.rand(6))
     before = _snapshot(module)

@@ -32,14 +32,17 @@ class FDistillLoss(nn.Module):
     """f_distill_loss with the optional time-bin ratio normalisation of f-distill, and logging state.
 
     With ``num_time_bins > 0`` the density ratio r_b of each sample is divided by the running mean of r
-    over the samples whose time t falls in the same bin (bins equally spaced over ``time_range``)::
+    over the samples whose time t falls in the same bin (bins equally spaced over ``time_range``, which has no
+    default: bins need the range of the ``time`` the caller passes, e.g. EDM's (0.002, 80))::
 
         bins[k] <- ema_rate * bins[k] + (1 - ema_rate) * mean(r_b : t_b in bin k)   (bins seen this step)
         r_b     <- r_b / (bins[bin(t_b)] + 1e-6)
 
     ``ema_rate = 0`` (default) uses this step's bin means only. Bins start at 1, live in a buffer (saved
     with the state dict) and are updated in training mode only; with a ``process_group`` the bin
-    statistics and the mean of h are all-reduced.
+    statistics and the mean of h are all-reduced: every rank makes the same collectives whatever its call's
+    arguments (a rank without disc_logits contributes nothing to the bins, h = 1 to the mean of h), as long as
+    the ranks share num_time_bins and training mode.
 
     After each call these hold that step's detached per-sample statistics, for logging:
       ``last_ratio``       r_b as the weighting used it: clipped to ratio_clip, then divided by its time bin's
@@ -65,7 +68,7 @@ class FDistillLoss(nn.Module):
         process_group=None,
         num_time_bins: int = 0,
         ema_rate: float = 0.0,
-        time_range: tuple[float, float] = (0.0, 1.0),
+        time_range: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
         self.divergence = resolve(divergence)
@@ -79,15 +82,24 @@ class FDistillLoss(nn.Module):
         check_process_group("process_group", process_group)
         check_int("num_time_bins", num_time_bins, minimum=0)
         check_range("ema_rate", ema_rate, 0.0, 1.0, hi_open=True)
-        if (
-            not isinstance(time_range, (tuple, list))
-            or len(time_range) != 2
-            or not all(is_number(v) for v in time_range)
-        ):
-            raise TypeError(f"time_range must be a pair (lo, hi) of numbers, got {time_range!r}")
-        lo, hi = time_range
-        if not (-math.inf < lo and lo < hi and hi < math.inf):
-            raise ValueError(f"time_range must satisfy lo < hi, both finite, got {time_range!r}")
+        if time_range is None:
+            # no default range: bins over (0, 1) with EDM's t in [0.002, 80] silently change the loss (issue 15)
+            if num_time_bins > 0:
+                raise ValueError(
+                    "time_range is required with num_time_bins > 0: the (lo, hi) range of the `time` you pass "
+                    "(the noise scheduler's (t_min, t_max), e.g. EDM's (0.002, 80)); the bins are laid over it"
+                )
+        else:
+            if (
+                not isinstance(time_range, (tuple, list))
+                or len(time_range) != 2
+                or not all(is_number(v) for v in time_range)
+            ):
+                raise TypeError(f"time_range must be a pair (lo, hi) of numbers, got {time_range!r}")
+            lo, hi = time_range
+            if not (-math.inf < lo and lo < hi and hi < math.inf):
+                raise ValueError(f"time_range must satisfy lo < hi, both finite, got {time_range!r}")
+            time_range = (lo, hi)
         self.logit_clamp = logit_clamp
         self.ratio_clip = tuple(ratio_clip)
         self.normalize = normalize
@@ -96,7 +108,7 @@ class FDistillLoss(nn.Module):
         self.process_group = process_group
         self.num_time_bins = num_time_bins
         self.ema_rate = ema_rate
-        self.time_range = (lo, hi)
+        self.time_range = time_range
         self.register_buffer("bins", torch.ones(num_time_bins, dtype=torch.float32))
         self.last_ratio: torch.Tensor | None = None
         self.last_h: torch.Tensor | None = None
@@ -113,6 +125,23 @@ class FDistillLoss(nn.Module):
             got = f"{time.dtype} {tuple(time.shape)}" if isinstance(time, torch.Tensor) else type(time).__name__
             raise ValueError(f"time must be a real tensor of shape (B,) = ({batch},), got {got}")
 
+    def _update_bins(self, count: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+        """The bins after this step's per-bin (count, sum of r), summed over the process group when there is one:
+        a single all-reduce of (2, num_time_bins) float64 values that every rank makes in training mode whatever
+        its arguments (a rank without disc_logits brings zeros), so the ranks' collectives stay paired and
+        their bins equal. No host sync: a masked update, not boolean indexing."""
+        if self.process_group is not None:
+            import torch.distributed as dist
+
+            both = torch.stack([count, total]).to(torch.float64)
+            dist.all_reduce(both, group=self.process_group)
+            count, total = both[0].to(count.dtype), both[1].to(total.dtype)
+        bins = self.bins.to(count.device)
+        fresh = total / (count + 1e-6)
+        bins = torch.where(count > 0, self.ema_rate * bins + (1 - self.ema_rate) * fresh, bins)
+        self.bins.copy_(bins)
+        return bins
+
     def _ratio_divisor(self, disc_logits: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
         lo, hi = self.time_range
         width = (hi - lo) / self.num_time_bins
@@ -121,17 +150,14 @@ class FDistillLoss(nn.Module):
         bins = self.bins.to(disc_logits.device)
         if self.training:
             rlo, rhi = self.ratio_clip
-            ratio, _, _ = compute_weights(disc_logits, self.divergence, False, self.logit_clamp, rlo, rhi)
+            # the statistics in the bins' dtype: float64 bins (module.double()) get a float64 ratio
+            ratio, _, _ = compute_weights(
+                disc_logits, self.divergence, bins.dtype == torch.float64, self.logit_clamp, rlo, rhi
+            )
+            ratio = ratio.to(bins.dtype)
             count = torch.zeros_like(bins).scatter_add_(0, idx, torch.ones_like(ratio))
             total = torch.zeros_like(bins).scatter_add_(0, idx, ratio)
-            if self.process_group is not None:
-                import torch.distributed as dist
-
-                dist.all_reduce(count, group=self.process_group)
-                dist.all_reduce(total, group=self.process_group)
-            fresh = total / (count + 1e-6)
-            bins = torch.where(count > 0, self.ema_rate * bins + (1 - self.ema_rate) * fresh, bins)
-            self.bins.copy_(bins)  # no host sync: a masked update, not boolean indexing
+            bins = self._update_bins(count, total)
         return bins[idx] + 1e-6
 
     def forward(
@@ -165,6 +191,11 @@ class FDistillLoss(nn.Module):
                 raise ValueError("time is required when num_time_bins > 0 (the bin of each sample)")
             self._check_time(time, x.shape[0])
             divisor = self._ratio_divisor(disc_logits, time)
+        elif self.num_time_bins > 0 and self.training and self.process_group is not None:
+            # no ratio to bin on this rank, but the other ranks' bin all-reduce needs this one's (zero) share; the
+            # bins then take the other ranks' statistics, like every rank's
+            zeros = torch.zeros_like(self.bins, device=x.device)
+            self._update_bins(zeros, zeros)
         result = f_distill(
             x,
             teacher_x0,

@@ -4,7 +4,8 @@
 // templates: put it on non-template entry points that call an always-inline template.
 #pragma once
 
-#if defined(__x86_64__) && !defined(__clang__)
+// FDIV_NO_CPU_CLONES (a development knob) compiles one version for whatever -march the build gives.
+#if defined(__x86_64__) && !defined(__clang__) && !defined(FDIV_NO_CPU_CLONES)
 #define FDIV_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define FDIV_CPU_CLONES

@@ -8,10 +8,12 @@
 #include <cuda_runtime.h>
 
 #include <array>
+#include <cuda/std/limits>
 #include <cstdint>
 #include <mutex>
 
 #include "dtype.h"
+#include "row_math.h"
 
 namespace fdiv_ops::cuda {
 
@@ -41,18 +43,38 @@ __device__ __forceinline__ __half from_acc<__half>(float x) {
   return __float2half_rn(x);
 }
 
+// Infinity and NaN as compile-time constants. T(1) / T(0) (platform.h's pos_inf) is a run-time division on
+// the device, and in double precision a call into the reciprocal's slow path, whose calling convention made
+// ptxas cap the kernel at 64 registers and spill.
+template <typename A>
+__host__ __device__ constexpr A inf() {
+  return ::cuda::std::numeric_limits<A>::infinity();
+}
+template <typename A>
+__host__ __device__ constexpr A nan() {
+  return ::cuda::std::numeric_limits<A>::quiet_NaN();
+}
+// row_math.h's OnlineLse::empty() without the division.
+template <typename A>
+__device__ __forceinline__ OnlineLse<A> empty_lse() {
+  return {-inf<A>(), A(0)};
+}
+
 template <typename A>
 struct Pair {
   A first, second;
   __host__ __device__ Pair operator+(const Pair& o) const { return {first + o.first, second + o.second}; }
 };
 
-// 16-byte vector of T, for coalesced 128-bit loads and stores.
-template <typename T>
-struct alignas(16) Vec16 {
-  static constexpr int kN = 16 / sizeof(T);
+// A vector of kBytes / sizeof(T) elements of T, for coalesced loads and stores of kBytes (16: 128-bit; 8 for
+// loops whose element code is long, where fewer unrolled copies keep the kernel in the instruction cache).
+template <typename T, int kBytes = 16>
+struct alignas(kBytes) Vec {
+  static constexpr int kN = kBytes / sizeof(T);
   T v[kN];
 };
+template <typename T>
+using Vec16 = Vec<T, 16>;
 
 // ---------------------------------------------------------------------------------------------------
 // The 16-byte-vector loop with head and tail, written once. A row of n elements at `p` splits into
@@ -66,42 +88,106 @@ struct alignas(16) Vec16 {
 //   vector(j0)   handles elements j0 .. j0+N-1, where (p + j0) is 16-byte aligned for every stream
 // The head and the tail share one scalar call site (one copy of the element code, not two).
 
-// Elements of T before the first 16-byte boundary at or after p (p is sizeof(T)-aligned), at most n.
-template <typename T>
-__host__ __device__ __forceinline__ int64_t vec_head(const void* p, int64_t n) {
-  const int64_t mis = static_cast<int64_t>(reinterpret_cast<uintptr_t>(p) % 16);
-  const int64_t head = mis == 0 ? 0 : (16 - mis) / static_cast<int64_t>(sizeof(T));
+// (kBytes = 8 for 8-byte vectors throughout, with Vec<T, 8>.)
+// Elements of T before the first kBytes boundary at or after p (p is sizeof(T)-aligned), at most n.
+template <typename T, int kBytes = 16, typename I>
+__host__ __device__ __forceinline__ I vec_head(const void* p, I n) {
+  const I mis = static_cast<I>(reinterpret_cast<uintptr_t>(p) % kBytes);
+  const I head = mis == 0 ? 0 : (kBytes - mis) / static_cast<I>(sizeof(T));
   return head < n ? head : n;
 }
 
-// Whether two streams of T have the same position relative to 16-byte boundaries (one loop serves both).
-template <typename T>
+// Whether two streams of T have the same position relative to kBytes boundaries (one loop serves both).
+template <typename T, int kBytes = 16>
 __host__ __device__ __forceinline__ bool same_head(const void* a, const void* b) {
-  return reinterpret_cast<uintptr_t>(a) % 16 == reinterpret_cast<uintptr_t>(b) % 16;
+  return reinterpret_cast<uintptr_t>(a) % kBytes == reinterpret_cast<uintptr_t>(b) % kBytes;
 }
 
-// Block-strided (tid, tid + nthreads, ...) over [0, n) with `head` from vec_head of the row's pointer.
-template <int N, typename Scalar, typename Vector>
-__device__ __forceinline__ void vec_loop(int64_t n, int64_t head, bool vec, int tid, int nthreads, Scalar scalar,
-                                         Vector vector) {
-  if (!vec) {
-    for (int64_t j = tid; j < n; j += nthreads) scalar(j);
-    return;
+// Block-strided (tid, tid + nthreads, ...) over [0, n) with `head` from vec_head of the row's pointer. I is
+// the index type: int where a row is known to hold < 2^31 elements (cheaper address arithmetic), else int64_t.
+template <int N, typename I, typename Scalar, typename Vector>
+__device__ __forceinline__ void vec_loop(I n, I head, bool vec, int tid, int nthreads, Scalar scalar, Vector vector) {
+  // Not unrolled further (the vector body already holds N elements): one copy of each body in the kernel.
+  // Without vectors the whole row is "head". Not unrolled further (the vector body already holds N
+  // elements): one copy of each body in the kernel.
+  const I h = vec ? head : n;
+  const I m = (n - h) / N, tail = h + m * N;
+#pragma unroll 1
+  for (I v = tid; v < m; v += nthreads) vector(h + v * N);
+  const I extra = h + (n - tail);  // < 2N with vectors
+#pragma unroll 1
+  for (I i = tid; i < extra; i += nthreads) scalar(i < h ? i : tail + (i - h));
+}
+
+// The aligned vector load and store of elements j0 .. j0+N-1 (j0 from vec_loop's vector call).
+template <int kBytes = 16, typename T, typename I>
+__device__ __forceinline__ Vec<T, kBytes> load_vec(const T* p, I j0) {
+  return *reinterpret_cast<const Vec<T, kBytes>*>(p + j0);
+}
+template <typename T, int kBytes, typename I>
+__device__ __forceinline__ void store_vec(T* p, I j0, const Vec<T, kBytes>& v) {
+  *reinterpret_cast<Vec<T, kBytes>*>(p + j0) = v;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Block reductions by warp shuffles (no cub: smaller code, faster compiles). Every thread receives the
+// result, and every warp reduces the per-warp partials in the same order, so the result is bit-identical
+// across threads and deterministic. `scratch` is shared memory of the size stated; it may be reused as soon
+// as the call returns (both functions end with a barrier).
+
+template <typename A>
+__device__ __forceinline__ A warp_sum(A v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Warp max that propagates NaN (row_math.h's nan_max): a NaN anywhere gives NaN in every lane.
+template <typename A>
+__device__ __forceinline__ A warp_max(A v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = nan_max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sums of K values per thread over a block of kThreads threads. scratch: K * kThreads / 32 values.
+template <int kThreads, int K, typename A>
+__device__ __forceinline__ void block_sum(A (&v)[K], A* scratch) {
+  constexpr int W = kThreads / 32;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int k = 0; k < K; ++k) v[k] = warp_sum(v[k]);
+  if (lane == 0) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) scratch[k * W + warp] = v[k];
   }
-  const int64_t m = (n - head) / N, tail = head + m * N;
-  for (int64_t v = tid; v < m; v += nthreads) vector(head + v * N);
-  const int64_t extra = head + (n - tail);  // < 2N
-  for (int64_t i = tid; i < extra; i += nthreads) scalar(i < head ? i : tail + (i - head));
+  __syncthreads();
+#pragma unroll
+  for (int k = 0; k < K; ++k) v[k] = warp_sum(lane < W ? scratch[k * W + lane] : A(0));
+  __syncthreads();
 }
 
-// The aligned 16-byte load and store of elements j0 .. j0+N-1 (j0 from vec_loop's vector call).
-template <typename T>
-__device__ __forceinline__ Vec16<T> load_vec(const T* p, int64_t j0) {
-  return *reinterpret_cast<const Vec16<T>*>(p + j0);
-}
-template <typename T>
-__device__ __forceinline__ void store_vec(T* p, int64_t j0, const Vec16<T>& v) {
-  *reinterpret_cast<Vec16<T>*>(p + j0) = v;
+// The block's online log-sum-exp from each thread's (m, s): a NaN-propagating max first (no exp), then one
+// exp per thread to bring s to that max, then a sum; twice (warps, then the warps' partials). No exp in the
+// reduction tree. Same rules as OnlineLse::merge: all -inf gives (-inf, 0), NaN or +inf/+inf gives NaN.
+// scratch: 2 * kThreads / 32 values.
+template <int kThreads, typename A>
+__device__ __forceinline__ OnlineLse<A> block_lse(const OnlineLse<A>& st, A* scratch) {
+  constexpr int W = kThreads / 32;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  A m = warp_max(st.m);
+  A s = warp_sum(is_neg_inf(m) ? A(0) : st.s * fexp(st.m - m));
+  if (lane == 0) {
+    scratch[warp] = m;
+    scratch[W + warp] = s;
+  }
+  __syncthreads();
+  const A mw = lane < W ? scratch[lane] : -inf<A>();
+  const A sw = lane < W ? scratch[W + lane] : A(0);
+  m = warp_max(mw);
+  s = warp_sum(is_neg_inf(m) ? A(0) : sw * fexp(mw - m));
+  __syncthreads();
+  return {m, s};
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -9,17 +9,31 @@
 // log-probabilities give numbers, not NaN. The parameter `a` is beta (gkd_jsd), alpha (alpha) or
 // lambda (skew_*) and is ignored by the others; Python validates it before it reaches here.
 //
-// Categorical forms (token-level distillation, docs/math.md §3): qf(lq, lp) = q f(p/q) and
-// qpsi(lq, lp) = q psi(p/q), from the log-probabilities lq = log q, lp = log p (both <= 0). Computing
-// exp(lq) * f(l) overflows (forward_kl at l = 100 in fp32 is inf * 0), so each is rewritten so that
-// only exp of quantities <= 0 appears wherever the divergence is bounded: e.g. q f = p l for
-// forward_kl, p (lp - lm) + q (lq - lm) for js with lm = log((p+q)/2). pearson_chi2, neyman_chi2 and
-// alpha (alpha > 1 or < 0) are genuinely unbounded when one side is ~0; there they return inf, never
-// NaN. Callers pass finite lq and lp only (an entry that is -inf on either side contributes nothing).
+// Categorical forms (token-level distillation, docs/math.md §3), the numerics the CPU and CUDA kernels share:
+//
+// 1. Shifted ("Bregman") terms. With c1 = f'(1) (= -psi(1)), f~(r) = f(r) - c1 (r - 1) >= 0 and
+//    psi~ = psi + c1 vanish at r = 1 to second and first order. Because sum_v (p_v - q_v) = 0, the loss is
+//    sum_v q_v f~(r_v) (plus c1 times the mass the -inf entries drop, 0 when nothing is dropped), a sum of
+//    non-negative terms with no cancellation between entries; the gradient q_j (psi_j - S) is unchanged by the
+//    constant. Each functor's cat(e, c, &qf, &qpsi) returns the plain q f and q psi of one entry from
+//    CatPoint e: q, p (probabilities, which may have underflowed to 0), l = log(p/q) (finite), lq, lp (finite)
+//    and tol; cat_terms shifts them (q f - c1 (p - q), q psi + c1 q), which costs at most ~20 ulps for
+//    |l| >= tau. Every form uses only bounded quantities (p, q, l, log-space mixtures), so it is finite
+//    wherever the divergence is bounded; pearson_chi2, neyman_chi2 and alpha give inf where they are
+//    genuinely unbounded.
+// 2. Near r = 1 (|l| < tau, tau = 0.5 unless the parameter needs less) a closed form still loses digits to
+//    cancellation (p l - p + q ~ q l^2/2 for forward_kl), so float32 evaluates q l^2 G(l/tau) and q l H(l/tau)
+//    with degree-7 polynomials G ~ f~/l^2 and H ~ psi~/l fitted on the host in float64 from the functor's own
+//    f and psi (make_cat_series, Chebyshev nodes, checked to 1e-9). float64 uses the closed forms throughout.
+// 3. total_variation's psi has a dead zone: an entry with |l| <= tol counts as p = q (psi = 0), where
+//    tol = cat_dead_zone(x, y, shift) is a few ulps of the entry's own scaled logits, so that p = q up to
+//    rounding gives a gradient of exactly 0 instead of +-q/2 from the sign of rounding noise.
+// 4. Dropped entries (-inf on either side) contribute no loss and psi = 0, i.e. psi~ = c1.
 // M is the math policy (vec_math.h): VecMath in the CPU hot loops, StdMath on CUDA and for doubles.
 #pragma once
 
 #include "platform.h"
+#include "row_math.h"
 #include "vec_math.h"
 
 namespace fdiv_ops {
@@ -37,6 +51,47 @@ FDIV_HD T cat_lae(T a, T b) {
   return is_neg_inf(hi) ? hi : v;
 }
 
+// One vocabulary entry of a categorical pair, as the kernels hand it to the functors (see 1. above).
+template <typename T>
+struct CatPoint {
+  T q, p;    // probabilities (q = softmax(z/T)_v, p the teacher's); either may have underflowed to 0
+  T l;       // log(p/q), finite
+  T lq, lp;  // log q, log p, finite
+  T tol;     // total_variation's dead zone on |l| (cat_dead_zone); 0 for an exact comparison
+};
+
+// The divergence parameter with its logs, computed once per launch (not per element).
+template <typename T>
+struct CatParam {
+  T a, log_a, log1m_a;  // a, log a, log(1 - a): -inf at the endpoints, NaN for a < 0 (alpha; unused there)
+};
+template <typename T>
+FDIV_HD CatParam<T> make_cat_param(T a) {
+  return {a, flog(a), flog1p(-a)};
+}
+
+// log(a e^l + 1 - a) (lm) and l - lm, for a in [0, 1] given log a and log(1 - a), both accurate for any l:
+// one exp and one log1p (of the gap between the two log-space terms), exact at the endpoints a = 0, 1.
+template <typename M, typename T>
+FDIV_HD void cat_log_mix(T l, T log_a, T log1m_a, T* lm, T* l_minus_lm) {
+  const T x1 = log_a + l, x0 = log1m_a;
+  const bool top = x1 >= x0;
+  const T gap = top ? x0 - x1 : x1 - x0;        // <= 0 (-inf at an endpoint)
+  const T sp = M::log1p_unit(M::exp_neg(gap));  // log(1 + e^gap), e^gap in [0, 1]
+  *lm = (top ? x1 : x0) + sp;
+  *l_minus_lm = (top ? -log_a : l - log1m_a) - sp;
+}
+
+// x / max(d, smallest normal): the ratio forms below are 0/0 only where both sides underflowed, and their
+// numerators vanish there.
+template <typename T>
+FDIV_HD T cat_div(T x, T d) {
+  return x / (d > min_normal<T>() ? d : min_normal<T>());
+}
+
+// Each functor: exp_rates, f, psi, h (of the log-ratio), and for the categorical kernels c1 = f'(1), the flags
+// kNearF / kNearPsi (whether q f~ / q psi~ take the near-r = 1 polynomial) and cat (see 1. above).
+
 struct ForwardKL {  // f = r log r
   // exponential growth rates of psi, h (and f with of_f): see div_exp_rates
   static void exp_rates(double, bool, double* up, double*) { *up = 1; }
@@ -52,14 +107,16 @@ struct ForwardKL {  // f = r log r
   static FDIV_HD T h(T l, T) {
     return fexp(l);
   }
+  static constexpr bool kNearF = true, kNearPsi = true;
+  template <typename T>
+  static FDIV_HD T c1(T) {
+    return T(1);
+  }
   // q f = p l, q psi = -p
   template <typename M, typename T>
-  static FDIV_HD T qf(T lq, T lp, T) {
-    return M::exp(lp) * (lp - lq);
-  }
-  template <typename M, typename T>
-  static FDIV_HD T qpsi(T, T lp, T) {
-    return -M::exp(lp);
+  static FDIV_HD void cat(const CatPoint<T>& e, const CatParam<T>&, T* qf, T* qpsi) {
+    *qf = e.p * e.l;
+    *qpsi = -e.p;
   }
 };
 
@@ -78,14 +135,16 @@ struct ReverseKL {  // f = -log r
   static FDIV_HD T h(T, T) {
     return T(1);
   }
-  // q f = q (lq - lp), q psi = q (1 - l)
-  template <typename M, typename T>
-  static FDIV_HD T qf(T lq, T lp, T) {
-    return M::exp(lq) * (lq - lp);
+  static constexpr bool kNearF = true, kNearPsi = true;
+  template <typename T>
+  static FDIV_HD T c1(T) {
+    return T(-1);
   }
+  // q f = -q l, q psi = q (1 - l)
   template <typename M, typename T>
-  static FDIV_HD T qpsi(T lq, T lp, T) {
-    return M::exp(lq) * (T(1) + lq - lp);
+  static FDIV_HD void cat(const CatPoint<T>& e, const CatParam<T>&, T* qf, T* qpsi) {
+    *qf = -e.q * e.l;
+    *qpsi = e.q * (T(1) - e.l);
   }
 };
 
@@ -106,15 +165,18 @@ struct JS {  // f = r log r - (r+1) log((r+1)/2);  L = log((1+r)/2) = softplus(l
   static FDIV_HD T h(T l, T) {
     return sigmoid(l);
   }
-  // lm = log((p+q)/2): q f = p (lp - lm) + q (lq - lm) (KL(p||m) + KL(q||m) per entry), q psi = q (lq - lm)
-  template <typename M, typename T>
-  static FDIV_HD T qf(T lq, T lp, T) {
-    const T lm = cat_lae<M>(lp, lq) - Ln2<T>::value;
-    return M::exp(lp) * (lp - lm) + M::exp(lq) * (lq - lm);
+  static constexpr bool kNearF = true, kNearPsi = true;
+  template <typename T>
+  static FDIV_HD T c1(T) {
+    return T(0);
   }
+  // L = log((1+r)/2) = log(m/q), m = (p+q)/2: q f = p (l - L) - q L (KL(p||m) + KL(q||m)), q psi = -q L
   template <typename M, typename T>
-  static FDIV_HD T qpsi(T lq, T lp, T) {
-    return M::exp(lq) * (lq - (cat_lae<M>(lp, lq) - Ln2<T>::value));
+  static FDIV_HD void cat(const CatPoint<T>& e, const CatParam<T>&, T* qf, T* qpsi) {
+    T L, l_minus_L;
+    cat_log_mix<M>(e.l, -Ln2<T>::value, -Ln2<T>::value, &L, &l_minus_L);
+    *qf = e.p * l_minus_L - e.q * L;
+    *qpsi = -e.q * L;
   }
 };
 
@@ -147,21 +209,19 @@ struct GkdJsd {
     if (b == T(1)) return ReverseKL::h(l, b);
     return b * (T(1) - b) * fexp(-log_add_exp(flog(b), flog(T(1) - b) - l));  // b(1-b) r/M
   }
-  // lm = log(b p + (1-b) q): q f = b p (lp - lm) + (1-b) q (lq - lm), q psi = (1-b) q (lq - lm)
-  template <typename M, typename T>
-  static FDIV_HD T cat_log_m(T lq, T lp, T b) {
-    return cat_lae<M>(flog(b) + lp, flog1p(-b) + lq);  // libm on the constant: hoisted out of loops
+  static constexpr bool kNearF = true, kNearPsi = true;
+  template <typename T>
+  static FDIV_HD T c1(T) {
+    return T(0);
   }
-  // Categorical forms for 0 < b < 1 only (branch-free, so hot loops vectorise): the endpoints are
-  // mapped to forward_kl / reverse_kl by canonical_spec before any loop (div_qf does it too).
+  // Categorical form for 0 < b < 1 only (the endpoints are mapped to forward_kl / reverse_kl by
+  // canonical_spec before any loop). lm = log M: q f = b p (l - lm) - (1-b) q lm, q psi = -(1-b) q lm.
   template <typename M, typename T>
-  static FDIV_HD T qf(T lq, T lp, T b) {
-    const T lm = cat_log_m<M>(lq, lp, b);
-    return b * M::exp(lp) * (lp - lm) + (T(1) - b) * M::exp(lq) * (lq - lm);
-  }
-  template <typename M, typename T>
-  static FDIV_HD T qpsi(T lq, T lp, T b) {
-    return (T(1) - b) * M::exp(lq) * (lq - cat_log_m<M>(lq, lp, b));
+  static FDIV_HD void cat(const CatPoint<T>& e, const CatParam<T>& c, T* qf, T* qpsi) {
+    T lm, l_minus_lm;
+    cat_log_mix<M>(e.l, c.log_a, c.log1m_a, &lm, &l_minus_lm);
+    *qf = c.a * e.p * l_minus_lm - (T(1) - c.a) * e.q * lm;
+    *qpsi = -(T(1) - c.a) * e.q * lm;
   }
 };
 
@@ -180,14 +240,17 @@ struct SquaredHellinger {  // f = 1 - sqrt(r)
   static FDIV_HD T h(T l, T) {
     return T(0.25) * fexp(T(0.5) * l);
   }
-  // q f = q - sqrt(p q), q psi = q - sqrt(p q) / 2
-  template <typename M, typename T>
-  static FDIV_HD T qf(T lq, T lp, T) {
-    return M::exp(lq) - M::exp(T(0.5) * (lp + lq));
+  static constexpr bool kNearF = true, kNearPsi = true;
+  template <typename T>
+  static FDIV_HD T c1(T) {
+    return T(-0.5);
   }
+  // q f = q - sqrt(p q), q psi = q - sqrt(p q) / 2 (sqrt p sqrt q: no underflow of p q)
   template <typename M, typename T>
-  static FDIV_HD T qpsi(T lq, T lp, T) {
-    return M::exp(lq) - T(0.5) * M::exp(T(0.5) * (lp + lq));
+  static FDIV_HD void cat(const CatPoint<T>& e, const CatParam<T>&, T* qf, T* qpsi) {
+    const T g = fsqrt(e.p) * fsqrt(e.q);
+    *qf = e.q - g;
+    *qpsi = e.q - T(0.5) * g;
   }
 };
 
@@ -206,15 +269,18 @@ struct SoftenedRKL {  // f = (r+1) log((r+1)/(2r)); log((1+r)/(2r)) = softplus(-
   static FDIV_HD T h(T l, T) {
     return sigmoid(-l);
   }
-  // lm = log((p+q)/2): q f = 2 m (lm - lp), q psi = q (lm - lp + 1)
-  template <typename M, typename T>
-  static FDIV_HD T qf(T lq, T lp, T) {
-    const T lm = cat_lae<M>(lp, lq) - Ln2<T>::value;
-    return T(2) * M::exp(lm) * (lm - lp);
+  static constexpr bool kNearF = true, kNearPsi = true;
+  template <typename T>
+  static FDIV_HD T c1(T) {
+    return T(-1);
   }
+  // K = log((1+r)/(2r)) = log(m/p), m = (p+q)/2: q f = (p + q) K = 2 KL(m||p) per entry, q psi = q (K + 1)
   template <typename M, typename T>
-  static FDIV_HD T qpsi(T lq, T lp, T) {
-    return M::exp(lq) * (cat_lae<M>(lp, lq) - Ln2<T>::value - lp + T(1));
+  static FDIV_HD void cat(const CatPoint<T>& e, const CatParam<T>&, T* qf, T* qpsi) {
+    T K, unused;
+    cat_log_mix<M>(-e.l, -Ln2<T>::value, -Ln2<T>::value, &K, &unused);
+    *qf = (e.p + e.q) * K;
+    *qpsi = e.q * (K + T(1));
   }
 };
 
@@ -233,17 +299,28 @@ struct Jeffreys {  // f = (r-1) log r
   static FDIV_HD T h(T l, T) {
     return fexp(l) + T(1);
   }
-  // q f = (p - q)(lp - lq), q psi = (q - p) - q (lp - lq)
-  template <typename M, typename T>
-  static FDIV_HD T qf(T lq, T lp, T) {
-    return (M::exp(lp) - M::exp(lq)) * (lp - lq);
+  static constexpr bool kNearF = true, kNearPsi = true;
+  template <typename T>
+  static FDIV_HD T c1(T) {
+    return T(0);
   }
+  // q f = (p - q) l, q psi = (q - p) - q l
   template <typename M, typename T>
-  static FDIV_HD T qpsi(T lq, T lp, T) {
-    const T q = M::exp(lq);
-    return (q - M::exp(lp)) - q * (lp - lq);
+  static FDIV_HD void cat(const CatPoint<T>& e, const CatParam<T>&, T* qf, T* qpsi) {
+    *qf = (e.p - e.q) * e.l;
+    *qpsi = (e.q - e.p) - e.q * e.l;
   }
 };
+
+// The dead zone of total_variation's psi (see 3. above): |l| <= tol counts as p = q. An entry's log-ratio is formed
+// from its scaled logits x = z/T, y = t/T (or the teacher's log-prob) and the row's LSE difference,
+// l = (y - x) - (LSE(y) - LSE(x)), so when p = q up to rounding |l| is a few ulps of |x|, |y| and that
+// difference: tol = kTvDeadZoneUlps * eps * (1 + |x| + |y| + |LSE(y) - LSE(x)|), eps the machine epsilon.
+constexpr double kTvDeadZoneUlps = 4.0;
+template <typename T>
+FDIV_HD T cat_dead_zone(T x, T y, T lse_shift) {
+  return T(kTvDeadZoneUlps) * machine_eps<T>() * (T(1) + fabs_(x) + fabs_(y) + fabs_(lse_shift));
+}
 
 struct TotalVariation {  // f = |r-1|/2; psi = -sign(r-1)/2 with sign(0) = 0, so p == q gives 0
   // exponential growth rates of psi, h (and f with of_f): see div_exp_rates
@@ -260,15 +337,18 @@ struct TotalVariation {  // f = |r-1|/2; psi = -sign(r-1)/2 with sign(0) = 0, so
   static FDIV_HD T h(T, T) {
     return T(0);
   }
-  // q f = |p - q| / 2, q psi = -q sign(p - q) / 2 (0 when p == q)
-  template <typename M, typename T>
-  static FDIV_HD T qf(T lq, T lp, T) {
-    return T(0.5) * fabs_(M::exp(lp) - M::exp(lq));
+  static constexpr bool kNearF = false, kNearPsi = false;  // not smooth at r = 1: the dead zone instead
+  template <typename T>
+  static FDIV_HD T c1(T) {
+    return T(0);
   }
+  // q f = |p - q| / 2 (as q |expm1(l)| / 2 near r = 1, exact for a tiny divergence), q psi = -q sign(l) / 2,
+  // 0 in the dead zone |l| <= tol (the loss has none: there it is rounding noise of size q tol at most).
   template <typename M, typename T>
-  static FDIV_HD T qpsi(T lq, T lp, T) {
-    const T q = M::exp(lq);
-    return lp > lq ? T(-0.5) * q : (lp < lq ? T(0.5) * q : T(0));
+  static FDIV_HD void cat(const CatPoint<T>& e, const CatParam<T>&, T* qf, T* qpsi) {
+    const T near = T(0.5) * e.q * fabs_(M::expm1(e.l));
+    *qf = fabs_(e.l) < T(0.5) ? near : T(0.5) * fabs_(e.p - e.q);
+    *qpsi = fabs_(e.l) <= e.tol ? T(0) : (e.l > T(0) ? T(-0.5) : T(0.5)) * e.q;
   }
 };
 
@@ -288,21 +368,19 @@ struct PearsonChi2 {  // f = (r-1)^2
   static FDIV_HD T h(T l, T) {
     return T(2) * fexp(T(2) * l);
   }
-  // q f = q expm1(l)^2 = p r - 2p + q; q psi = q - p r = -q expm1(2l). p r = exp(lp + l) is unbounded:
-  // the expm1 form (exact near r = 1) is used while it cannot overflow, the exp form beyond.
-  template <typename M, typename T>
-  static FDIV_HD T qf(T lq, T lp, T) {
-    const T l = lp - lq, e = M::expm1(l);
-    const T near = M::exp(lq) * e * e;
-    const T far = M::exp(lp + l) - T(2) * M::exp(lp) + M::exp(lq);
-    return l <= T(20) ? near : far;
+  static constexpr bool kNearF = true, kNearPsi = true;
+  template <typename T>
+  static FDIV_HD T c1(T) {
+    return T(0);
   }
+  // q f = q E^2 = p r - 2p + q, q psi = -q E (E + 2) = q - p r, E = expm1(l). p r = exp(lp + l) is
+  // unbounded: the E forms while they cannot overflow (l <= 20), the exp forms beyond.
   template <typename M, typename T>
-  static FDIV_HD T qpsi(T lq, T lp, T) {
-    const T l = lp - lq;
-    const T near = -M::exp(lq) * M::expm1(T(2) * l);
-    const T far = M::exp(lq) - M::exp(lp + l);
-    return l <= T(20) ? near : far;
+  static FDIV_HD void cat(const CatPoint<T>& e, const CatParam<T>&, T* qf, T* qpsi) {
+    const T E = M::expm1(e.l), pr = M::exp(e.lp + e.l);
+    const bool small = e.l <= T(20);
+    *qf = small ? e.q * E * E : pr - T(2) * e.p + e.q;
+    *qpsi = small ? -e.q * E * (E + T(2)) : e.q - pr;
   }
 };
 
@@ -325,20 +403,18 @@ struct NeymanChi2 {  // f = (1-r)^2 / r = 4 sinh(l/2)^2
   static FDIV_HD T h(T l, T) {
     return T(2) * fexp(-l);
   }
-  // The mirror of pearson_chi2 with k = lq - lp = -l: q f = p expm1(k)^2, q psi = 2 q expm1(k).
-  template <typename M, typename T>
-  static FDIV_HD T qf(T lq, T lp, T) {
-    const T k = lq - lp, e = M::expm1(k);
-    const T near = M::exp(lp) * e * e;
-    const T far = M::exp(lq + k) - T(2) * M::exp(lq) + M::exp(lp);
-    return k <= T(20) ? near : far;
+  static constexpr bool kNearF = true, kNearPsi = true;
+  template <typename T>
+  static FDIV_HD T c1(T) {
+    return T(0);
   }
+  // The mirror of pearson_chi2 with k = -l: q f = p expm1(k)^2, q psi = 2 q expm1(k).
   template <typename M, typename T>
-  static FDIV_HD T qpsi(T lq, T lp, T) {
-    const T k = lq - lp;
-    const T near = T(2) * M::exp(lq) * M::expm1(k);
-    const T far = T(2) * (M::exp(lq + k) - M::exp(lq));
-    return k <= T(20) ? near : far;
+  static FDIV_HD void cat(const CatPoint<T>& e, const CatParam<T>&, T* qf, T* qpsi) {
+    const T k = -e.l, E = M::expm1(k), qk = M::exp(e.lq + k);
+    const bool small = k <= T(20);
+    *qf = small ? e.p * E * E : qk - T(2) * e.q + e.p;
+    *qpsi = small ? T(2) * e.q * E : T(2) * (qk - e.q);
   }
 };
 
@@ -352,9 +428,17 @@ struct Alpha {  // f = (r^a - a r - (1-a)) / (a(a-1)),  a not in {0, 1}
       *up = of_f ? 1 : 0;
     }
   }
+  // Near r = 1 the expm1 form; once e^(m l) dominates (m = max(a, 1), the fastest of the three powers as
+  // l -> +inf) the powers scaled by e^(-m l), whose bracket tends to a positive constant: no inf - inf when
+  // both expm1 overflow (f -> +inf for every a), and inf only where f itself leaves the float range.
   template <typename T>
   static FDIV_HD T f(T l, T a) {
     if (is_pos_inf(l)) return pos_inf<T>();
+    const T m = a > T(1) ? a : T(1);
+    if (m * l > T(30)) {
+      const T bracket = fexp((a - m) * l) - a * fexp((T(1) - m) * l) - (T(1) - a) * fexp(-m * l);
+      return fexp(m * l) * (bracket / (a * (a - T(1))));
+    }
     return (fexpm1(a * l) - a * fexpm1(l)) / (a * (a - T(1)));
   }
   template <typename T>
@@ -365,21 +449,21 @@ struct Alpha {  // f = (r^a - a r - (1-a)) / (a(a-1)),  a not in {0, 1}
   static FDIV_HD T h(T l, T a) {
     return fexp(a * l);
   }
+  static constexpr bool kNearF = true, kNearPsi = true;
+  template <typename T>
+  static FDIV_HD T c1(T) {
+    return T(0);
+  }
   // q f = q (expm1(a l) - a expm1(l)) / (a(a-1)) = (p^a q^(1-a) - a p - (1-a) q) / (a(a-1));
   // q psi = -q expm1(a l) / a = (q - p^a q^(1-a)) / a. expm1 forms near r = 1, exp forms far from it.
   template <typename M, typename T>
-  static FDIV_HD T qf(T lq, T lp, T a) {
-    const T l = lp - lq, q = M::exp(lq);
-    const T near = q * (M::expm1(a * l) - a * M::expm1(l)) / (a * (a - T(1)));
-    const T far = (M::exp(lq + a * l) - a * M::exp(lp) - (T(1) - a) * q) / (a * (a - T(1)));
-    return (l <= T(20) && l >= T(-20) && a * l <= T(20)) ? near : far;
-  }
-  template <typename M, typename T>
-  static FDIV_HD T qpsi(T lq, T lp, T a) {
-    const T l = lp - lq, q = M::exp(lq);
-    const T near = -q * M::expm1(a * l) / a;
-    const T far = (q - M::exp(lq + a * l)) / a;
-    return a * l <= T(20) ? near : far;
+  static FDIV_HD void cat(const CatPoint<T>& e, const CatParam<T>& c, T* qf, T* qpsi) {
+    const T a = c.a, l = e.l, al = a * l, mix = M::exp(e.lq + al), em = M::expm1(al);
+    const T near_f = e.q * (em - a * M::expm1(l)) / (a * (a - T(1)));
+    const T far_f = (mix - a * e.p - (T(1) - a) * e.q) / (a * (a - T(1)));
+    // near while |l| and |a l| <= 20 (one compare: GCC leaves the loop scalar on a conjunction of three)
+    *qf = fmax_(fabs_(l), fabs_(al)) <= T(20) ? near_f : far_f;
+    *qpsi = al <= T(20) ? -e.q * em / a : (e.q - mix) / a;
   }
 };
 
@@ -409,18 +493,20 @@ struct SkewForwardKL {
     const T log_m = is_pos_inf(l) ? pos_inf<T>() : l - d;
     return (T(1) - lam) * (T(1) - lam) * fexp(d - log_m);
   }
-  // lm = log(lam p + (1-lam) q): q f = p (lp - lm), q psi = -(1-lam) p q / m
-  template <typename M, typename T>
-  static FDIV_HD T cat_log_m(T lq, T lp, T lam) {
-    return cat_lae<M>(flog(lam) + lp, flog1p(-lam) + lq);
+  static constexpr bool kNearF = true, kNearPsi = true;
+  template <typename T>
+  static FDIV_HD T c1(T lam) {
+    return T(1) - lam;
   }
+  // lm = log M: q f = p (l - lm), q psi = -(1-lam) p / M = -(1-lam) p q / (lam p + (1-lam) q). lam = 0 is
+  // mapped to forward_kl by canonical_spec (here an underflowed q would lose p q / q = p).
   template <typename M, typename T>
-  static FDIV_HD T qf(T lq, T lp, T lam) {
-    return M::exp(lp) * (lp - cat_log_m<M>(lq, lp, lam));
-  }
-  template <typename M, typename T>
-  static FDIV_HD T qpsi(T lq, T lp, T lam) {
-    return -(T(1) - lam) * M::exp(lq + lp - cat_log_m<M>(lq, lp, lam));
+  static FDIV_HD void cat(const CatPoint<T>& e, const CatParam<T>& c, T* qf, T* qpsi) {
+    const T w = T(1) - c.a;
+    T lm, l_minus_lm;
+    cat_log_mix<M>(e.l, c.log_a, c.log1m_a, &lm, &l_minus_lm);
+    *qf = e.p * l_minus_lm;
+    *qpsi = -w * e.p * cat_div(e.q, c.a * e.p + w * e.q);  // p (q / m): no underflow of p q
   }
 };
 
@@ -453,26 +539,27 @@ struct SkewReverseKL {
     const T v = lam == T(1) ? T(0) : u(l, lam);
     return v * v;
   }
-  // ln = log((1-lam) p + lam q): q f = q (lq - ln), q psi = q (lq - ln) + (1-lam) p q / n
-  template <typename M, typename T>
-  static FDIV_HD T cat_log_n(T lq, T lp, T lam) {
-    return cat_lae<M>(flog1p(-lam) + lp, flog(lam) + lq);
+  static constexpr bool kNearF = true, kNearPsi = true;
+  template <typename T>
+  static FDIV_HD T c1(T lam) {
+    return lam - T(1);
   }
+  // ln = log N: q f = -q ln, q psi = -q ln + (1-lam) p q / ((1-lam) p + lam q). lam = 0 is mapped to
+  // reverse_kl by canonical_spec.
   template <typename M, typename T>
-  static FDIV_HD T qf(T lq, T lp, T lam) {
-    return M::exp(lq) * (lq - cat_log_n<M>(lq, lp, lam));
-  }
-  template <typename M, typename T>
-  static FDIV_HD T qpsi(T lq, T lp, T lam) {
-    const T ln = cat_log_n<M>(lq, lp, lam);
-    return M::exp(lq) * (lq - ln) + (T(1) - lam) * M::exp(lq + lp - ln);
+  static FDIV_HD void cat(const CatPoint<T>& e, const CatParam<T>& c, T* qf, T* qpsi) {
+    const T w = T(1) - c.a;
+    T ln, unused;
+    cat_log_mix<M>(e.l, c.log1m_a, c.log_a, &ln, &unused);
+    *qf = -e.q * ln;
+    *qpsi = w * e.p * cat_div(e.q, w * e.p + c.a * e.q) - e.q * ln;
   }
 };
 
 // ---------------------------------------------------------------------------------------------------
 // The divergence table: the one list every switch, range check, Python name and test derives from.
 // X(name, id, Functor, parameter rule, parameter name, default parameter (NaN: none, the caller chooses))
-// Adding a divergence: write its functor above (f, psi, h, qf, qpsi, exp_rates) and add its row here.
+// Adding a divergence: write its functor above (f, psi, h, exp_rates, c1, kNearF/kNearPsi, cat) and add its row.
 #define FDIV_DIVERGENCES(X)                                                   \
   X(forward_kl, 0, ForwardKL, ParamRule::none, "", 0.0)                       \
   X(reverse_kl, 1, ReverseKL, ParamRule::none, "", 0.0)                       \
@@ -587,26 +674,180 @@ struct DivergenceSpec {
   double param;
 };
 
-// TRL's endpoints as plain divergences, so a hot loop never re-tests the parameter per element.
+// TRL's endpoints (and lam = 0 of the skew divergences, the same functions) as plain divergences, so a hot
+// loop never re-tests the parameter per element and no categorical form divides by a vanishing mixture.
 FDIV_HD DivergenceSpec canonical_spec(DivergenceSpec s) {
   if (s.kind == Divergence::gkd_jsd && s.param == 0.0) return {Divergence::forward_kl, 0.0};
   if (s.kind == Divergence::gkd_jsd && s.param == 1.0) return {Divergence::reverse_kl, 0.0};
+  if (s.kind == Divergence::skew_forward_kl && s.param == 0.0) return {Divergence::forward_kl, 0.0};
+  if (s.kind == Divergence::skew_reverse_kl && s.param == 0.0) return {Divergence::reverse_kl, 0.0};
   return s;
 }
 
-// The categorical forms, dispatched at run time like div_f (hot loops should instead canonicalise once,
-// switch once outside the loop and call Div::qf<M> directly, see cpu/f_divergence.cpp).
+// ---------------------------------------------------------------------------------------------------
+// The categorical forms as the kernels evaluate them (see 1.-4. at the top of this file).
+
+constexpr int kCatSeriesTerms = 8;  // degree 7 in u = l / tau
+
+// The near-r = 1 polynomials of one divergence and parameter (tau = 0: none, every entry takes cat's closed
+// forms). Built on the host by make_cat_series and passed to the kernels by value.
+template <typename T>
+struct CatSeries {
+  T tau, inv_tau;
+  T f[kCatSeriesTerms];    // G(u) ~ f~(e^l) / l^2
+  T psi[kCatSeriesTerms];  // H(u) ~ psi~(e^l) / l
+};
+
+template <typename T>
+FDIV_HD T cat_poly(const T* c, T u) {
+  T r = c[kCatSeriesTerms - 1];
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+  for (int i = kCatSeriesTerms - 2; i >= 0; --i) r = r * u + c[i];
+  return r;
+}
+
+// q f~ and q psi~ of one entry: Div::cat's closed forms shifted by c1, or the near polynomials where
+// |l| < tau. Branch-free (both are evaluated and one is selected), so the CPU loops vectorise.
+template <typename Div, typename M, typename T>
+FDIV_HD void cat_terms(const CatPoint<T>& e, const CatParam<T>& c, const CatSeries<T>& s, T* qf, T* qpsi) {
+  Div::template cat<M>(e, c, qf, qpsi);
+  const T c1 = Div::c1(c.a);  // unconditional: a branch on it would make GCC unswitch (and not vectorise) loops
+  *qf -= c1 * (e.p - e.q);
+  *qpsi += c1 * e.q;
+  const bool near = fabs_(e.l) < s.tau;
+  const T u = e.l * s.inv_tau;
+  if constexpr (Div::kNearF) *qf = near ? e.q * (e.l * e.l) * cat_poly(s.f, u) : *qf;
+  if constexpr (Div::kNearPsi) *qpsi = near ? e.q * e.l * cat_poly(s.psi, u) : *qpsi;
+}
+
+// c1 = f'(1) of a (canonical) spec.
+template <typename T>
+FDIV_HD T div_c1(DivergenceSpec s) {
+  const T a = T(s.param);
+  return FDIV_DIVERGENCE_SWITCH(s.kind, [&](auto div) { return decltype(div)::c1(a); });
+}
+
+namespace detail {
+
+// Solves the n x n system A x = b in place (Gaussian elimination, partial pivoting); false if singular.
+inline bool solve_dense(double* A, double* b, int n) {
+  for (int k = 0; k < n; ++k) {
+    int piv = k;
+    for (int i = k + 1; i < n; ++i)
+      if (fabs_(A[i * n + k]) > fabs_(A[piv * n + k])) piv = i;
+    if (A[piv * n + k] == 0.0) return false;
+    for (int j = 0; j < n; ++j) {
+      const double t = A[k * n + j];
+      A[k * n + j] = A[piv * n + j];
+      A[piv * n + j] = t;
+    }
+    const double tb = b[k];
+    b[k] = b[piv];
+    b[piv] = tb;
+    for (int i = k + 1; i < n; ++i) {
+      const double m = A[i * n + k] / A[k * n + k];
+      for (int j = k; j < n; ++j) A[i * n + j] -= m * A[k * n + j];
+      b[i] -= m * b[k];
+    }
+  }
+  for (int k = n - 1; k >= 0; --k) {
+    for (int j = k + 1; j < n; ++j) b[k] -= A[k * n + j] * b[j];
+    b[k] /= A[k * n + k];
+  }
+  return true;
+}
+
+// G(u) = f~(e^(tau u)) / (tau u)^2 (which = 0) or H(u) = psi~(e^(tau u)) / (tau u), in float64 from the
+// functor's own f and psi: the f~ cancellation costs ~1e-16 / |l|, harmless at the fit's nodes.
+template <typename Div>
+double cat_series_target(int which, double u, double tau, double a) {
+  const double l = tau * u, c1 = Div::c1(a);
+  if (which == 0) return (Div::f(l, a) - c1 * fexpm1(l)) / (l * l);
+  return (Div::psi(l, a) + c1) / l;
+}
+
+// Interpolates G and H at the 8 Chebyshev nodes of [-1, 1] and checks the polynomials at 40 other points;
+// true when both agree with float64 to 1e-9 of their largest value (enough for float32).
+template <typename Div>
+bool fit_cat_series(double tau, double a, double* f_coef, double* psi_coef) {
+  constexpr int n = kCatSeriesTerms;
+  constexpr double kPi = 3.14159265358979323846;
+  for (int which = 0; which < 2; ++which) {
+    double A[n * n], b[n];
+    for (int i = 0; i < n; ++i) {
+      const double u = -__builtin_cos((2 * i + 1) * kPi / (2 * n));
+      double pw = 1;
+      for (int j = 0; j < n; ++j, pw *= u) A[i * n + j] = pw;
+      b[i] = cat_series_target<Div>(which, u, tau, a);
+    }
+    if (!solve_dense(A, b, n)) return false;
+    double err = 0, scale = 0;
+    for (int i = 0; i < 40; ++i) {
+      const double u = -0.99 + 1.98 * (i + 0.5) / 40;
+      const double want = cat_series_target<Div>(which, u, tau, a), got = cat_poly(b, u);
+      if (!(want == want) || !(got == got) || is_pos_inf(fabs_(want))) return false;
+      err = fmax_(err, fabs_(got - want));
+      scale = fmax_(scale, fabs_(want));
+    }
+    if (err > 1e-9 * scale + 1e-300) return false;
+    double* out = which == 0 ? f_coef : psi_coef;  // coefficients in u = l / tau
+    for (int j = 0; j < n; ++j) out[j] = b[j];
+  }
+  return true;
+}
+
+}  // namespace detail
+
+// The near polynomials of a spec for the compute type T (float32 only: float64 is exact enough in closed
+// form). tau starts at 0.5 and halves until the fit holds (alpha with a large |alpha| varies on a scale
+// 1/|alpha|); a divergence without near forms (total_variation) gets tau = 0. Host code, once per launch.
+template <typename T>
+inline CatSeries<T> make_cat_series(DivergenceSpec spec) {
+  CatSeries<T> s{};
+  if (sizeof(T) != sizeof(float)) return s;
+  spec = canonical_spec(spec);
+  FDIV_DIVERGENCE_SWITCH(spec.kind, [&](auto div) {
+    using Div = decltype(div);
+    if (!Div::kNearF && !Div::kNearPsi) return 0;
+    double f_coef[kCatSeriesTerms], psi_coef[kCatSeriesTerms];
+    for (double tau = 0.5; tau > 1e-3; tau *= 0.5) {
+      if (!detail::fit_cat_series<Div>(tau, spec.param, f_coef, psi_coef)) continue;
+      s.tau = T(tau);
+      s.inv_tau = T(1.0 / tau);
+      for (int j = 0; j < kCatSeriesTerms; ++j) {
+        s.f[j] = T(f_coef[j]);
+        s.psi[j] = T(psi_coef[j]);
+      }
+      return 0;
+    }
+    return 0;
+  });
+  return s;
+}
+
+// The unshifted categorical terms q f(p/q) and q psi(p/q) of one entry from its log-probabilities (finite),
+// far forms only, dispatched at run time (tests and simple kernels; hot loops canonicalise once, switch once
+// outside the loop and call cat_terms<Div> directly, see cpu/f_divergence/).
+template <typename M, typename T>
+FDIV_HD void div_cat(DivergenceSpec s, T lq, T lp, T* qf, T* qpsi) {
+  s = canonical_spec(s);
+  const CatParam<T> c = make_cat_param(T(s.param));
+  const CatPoint<T> e{M::exp(lq), M::exp(lp), lp - lq, lq, lp, T(0)};
+  FDIV_DIVERGENCE_SWITCH(s.kind, [&](auto div) { return decltype(div)::template cat<M>(e, c, qf, qpsi), 0; });
+}
 template <typename M, typename T>
 FDIV_HD T div_qf(DivergenceSpec s, T lq, T lp) {
-  s = canonical_spec(s);
-  const T a = T(s.param);
-  return FDIV_DIVERGENCE_SWITCH(s.kind, [&](auto div) { return decltype(div)::template qf<M>(lq, lp, a); });
+  T qf, qpsi;
+  div_cat<M>(s, lq, lp, &qf, &qpsi);
+  return qf;
 }
 template <typename M, typename T>
 FDIV_HD T div_qpsi(DivergenceSpec s, T lq, T lp) {
-  s = canonical_spec(s);
-  const T a = T(s.param);
-  return FDIV_DIVERGENCE_SWITCH(s.kind, [&](auto div) { return decltype(div)::template qpsi<M>(lq, lp, a); });
+  T qf, qpsi;
+  div_cat<M>(s, lq, lp, &qf, &qpsi);
+  return qpsi;
 }
 
 }  // namespace fdiv_ops

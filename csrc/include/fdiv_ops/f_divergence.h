@@ -9,9 +9,16 @@
 //   row_loss_out_r = row_scale_r * loss_r ; row_scale_r = 0 skips the row (loss 0, gradient 0)
 // Optional hard term (labels != nullptr): the student's cross-entropy on label y_r at temperature 1, added
 // with weight w = hard_weight:  loss_r += w (LSE(z) - z_y),  grad_rj += row_scale_r w (softmax(z)_j - [j=y]).
-// LSE(z) is the temperature-1 log-sum-exp (a second one in pass 1 when T != 1). A label outside [0, Vs)
-// makes its row's loss and gradient NaN (Python rejects them first where that costs no host sync). A row
-// that is all -inf on either side still gives 0 and 0, the hard term included.
+// LSE(z) is the temperature-1 log-sum-exp (a second one when T != 1). A label outside [0, Vs) makes its row's
+// loss and gradient NaN (Python rejects them first where that costs no host sync). A row that is all -inf on
+// either side still gives 0 and 0, the hard term included.
+// NaN rule (row_math.h), CPU and CUDA alike: a NaN or +inf among a row's student logits or teacher entries
+// (logits, log-probs, or the top-k log-probs) makes that row's loss and its whole gradient row NaN; no other
+// row changes. A row with row_scale 0 is not read: 0 and 0 whatever it holds.
+// Numerics (divergences.h): the loss is accumulated as sum q f~ with f~(r) = f(r) - f'(1)(r - 1) >= 0 (the
+// same value, since sum (p - q) = 0, corrected by f'(1) times the mass of dropped entries), each term from the
+// log-ratio l formed from the logits, with polynomials near r = 1 in float32; total_variation's psi is 0 for
+// |l| within a few ulps of the entry's logits (cat_dead_zone), so p = q up to rounding has zero gradient.
 // In place: grad may equal student (same dtype and shape): every pass reads z_j before the last pass
 // writes g_j, element by element, on CPU and CUDA (the fused-linear op relies on it).
 // The top-k form replaces the teacher row by (indices, logprobs) of k entries: the divergence between

@@ -4,6 +4,12 @@
 // NaN rules (docs/math.md, "Numerics"): a NaN input makes its own row (or sample) NaN and nothing else, on
 // CPU and CUDA alike. Every max, clamp and merge here therefore propagates NaN instead of dropping it
 // (fmax/fmin and `a > b ? a : b` silently pick the non-NaN side).
+//
+// The token-level KD rows (f_divergence_loss, dense and top-k) follow one rule: a row whose student logits or
+// teacher entries (logits, log-probs or top-k log-probs) hold a NaN or a +inf has loss NaN and every entry of
+// its gradient NaN; every other row is unaffected. -inf entries keep their meaning (dropped: no loss, psi 0).
+// A row with row_scale 0 (ignored by its label) is never read and gives 0 and 0 whatever it holds. The kernels
+// detect it from the row maxima, taken with poison_max (NaN counts as +inf) and tested with row_poisoned.
 #pragma once
 
 #include "platform.h"
@@ -30,6 +36,41 @@ FDIV_HD float max_finite<float>() {
 template <>
 FDIV_HD double max_finite<double>() {
   return 1.7976931348623157e308;
+}
+
+template <typename A>
+FDIV_HD A machine_eps();
+template <>
+FDIV_HD float machine_eps<float>() {
+  return 1.1920928955078125e-7f;  // 2^-23
+}
+template <>
+FDIV_HD double machine_eps<double>() {
+  return 2.220446049250313e-16;  // 2^-52
+}
+
+template <typename A>
+FDIV_HD A min_normal();
+template <>
+FDIV_HD float min_normal<float>() {
+  return 1.17549435e-38f;
+}
+template <>
+FDIV_HD double min_normal<double>() {
+  return 2.2250738585072014e-308;
+}
+
+// The running maximum of a row for the NaN rule: a NaN entry counts as +inf, so one max reduction (which
+// vectorises and may run in any order) both finds the maximum and flags the row.
+template <typename A>
+FDIV_HD A poison_max(A running, A x) {
+  const A v = x != x ? pos_inf<A>() : x;
+  return v > running ? v : running;
+}
+// Whether a row maximum (from poison_max, or from nan_max) says the row holds a NaN or a +inf.
+template <typename A>
+FDIV_HD bool row_poisoned(A row_max) {
+  return row_max != row_max || is_pos_inf(row_max);
 }
 
 // x clamped to the finite range, NaN kept: q psi of pearson/neyman/alpha can overflow to +-inf, and

@@ -53,19 +53,27 @@ def f_dpo_loss(
         losses = -(1 - eps) log sigmoid(z) - eps log sigmoid(-z)      (eps = label_smoothing, DPO's
                                                                         conservative form)
 
-    reverse_kl gives DPO's sigmoid loss exactly (psi = 1 + log(pi/pi_ref)); js and alpha(a) give TRL's
-    ``js_divergence`` and ``alpha_divergence`` branches; every divergence of fdiv_ops works.
+    reverse_kl gives DPO's sigmoid loss exactly (psi = 1 + log(pi/pi_ref)); every divergence of fdiv_ops works.
+    Against TRL 1.x's ``DPOConfig(loss_type="sigmoid", f_divergence_type=...)`` (checked with trl 1.16.0 in
+    tests/test_integrations_trl.py): "js" is its ``js_divergence`` and "forward_kl" its ``forward_kl``, while its
+    ``alpha_divergence`` with ``f_alpha_divergence_coef=a`` is ``alpha(1 - a)`` here (``alpha(a)`` was TRL <= 0.28's);
+    TRL 1.x's sigmoid loss has no label smoothing, so they agree at label_smoothing=0.
+    ``fdiv_ops.integrations.trl.dpo_loss`` takes TRL's names, coefficient and clamps.
 
     Rewards: ``beta * (psi(r) - psi(1))``, detached: the implicit reward whose chosen-minus-rejected margin is
     exactly z. For reverse_kl that is DPO's ``beta * log(pi/pi_ref)``; for other divergences it differs from
     TRL, which reports ``beta * log(pi/pi_ref)`` whatever the divergence (a margin inconsistent with its loss).
 
     Exponents are clamped: the log-ratio is limited so that no exp exceeds e^max_exponent (psi and its
-    gradient -h stay finite for log-ratios of +-1e3; log-space forms, reverse_kl and js, are never clamped).
-    TRL clamps its alpha branch's exponent at log(float32 max) = 88.7228 instead, where constant factors
-    (1/alpha, pearson's 2) overflow to inf and the saturated sigmoid's zero gradient meets them as NaN;
-    the default 50 leaves 16 decimal orders of headroom and equals TRL whenever alpha |log u| <= 50
-    (``max_exponent=fdiv_ops.ops.divergence_terms.dtype_max_exponent(torch.float32)`` reproduces TRL's clamp).
+    gradient -h stay finite for log-ratios of +-1e3; log-space forms, reverse_kl, js, softened_rkl and
+    total_variation, are never clamped). TRL 1.16 clamps its alpha branch's exponent (a - 1) log(pi/pi_ref) at 80
+    (11 for float16), which ``max_exponent=80`` reproduces with ``alpha(1 - a)``; TRL <= 0.28 clamped at
+    log(float32 max) = 88.7228 (``max_exponent=fdiv_ops.ops.divergence_terms.dtype_max_exponent(torch.float32)``),
+    where constant factors (1/alpha) can overflow to inf and meet the saturated sigmoid's zero gradient as NaN.
+
+    A -inf reference log-prob (pi_ref = 0) gives the limit, never NaN: on the chosen side of reverse_kl,
+    softened_rkl or jeffreys z = +inf, so the loss is 0 with gradient 0 (+inf with label_smoothing > 0).
+
     Inputs: four tensors of one shape (B,), any float dtype (computed in float32, or float64 if any input is
     float64). Returns (losses, chosen_rewards, rejected_rewards), each (B,).
     """
@@ -89,7 +97,11 @@ def f_dpo_loss(
     )
     _, psi, _ = divergence_terms(clamp_log_ratio(log_ratio, div, cap), div)
     z = beta * (psi[0] - psi[1])
-    losses = -F.logsigmoid(z) * (1 - label_smoothing) - F.logsigmoid(-z) * label_smoothing
+    # The eps term is left out where eps = 0 (a select, not a Python branch: eps may change under torch.compile),
+    # so that z = +inf (pi_ref(chosen) = 0) gives the limit 0 rather than inf * 0 = NaN; with eps > 0 it is +inf.
+    eps = _as_batch_tensor(label_smoothing, z, z.dtype)
+    smoothed = torch.where(eps > 0, -F.logsigmoid(-z) * eps, 0.0)
+    losses = -F.logsigmoid(z) * (1 - eps) + smoothed
     _, psi_at_one, _ = divergence_terms(log_ratio.new_zeros(1), div)
     rewards = (beta * (psi - psi_at_one)).detach()
     return losses, rewards[0], rewards[1]
@@ -249,12 +261,14 @@ def f_dpg_loss(
         baseline: "mean", None, a number or a scalar / (B,) tensor. With group_size it must be "mean" or None
             (the group mean is the baseline).
         group_size: normalise pseudo-rewards within consecutive groups of this many samples.
-        max_exponent: no exponential above e^max_exponent (log-ratios are clamped, math in divergences.h);
-            30 keeps psi * log pi products far from float32 overflow for log-ratios of +-1e3.
+        max_exponent: no exponential above e^max_exponent: the log-ratio is clamped separately for psi (the
+            rewards) and for f (the divergence estimate), each only where that function grows exponentially
+            (math in divergences.h), so log-space psi (js, reverse_kl, softened_rkl, total_variation) is never
+            clamped; 30 keeps psi * log pi products far from float32 overflow for log-ratios of +-1e3.
 
     Returns (loss, stats): stats holds detached (B,) ``pseudo_rewards``, ``importance_weights``,
-    ``advantages`` and ``log_ratio`` (after clamping), and the scalar ``divergence``: mean_i w_i f(r_i),
-    the importance-sampled estimate of D_f(p||pi) (from the clamped ratio).
+    ``advantages`` and ``log_ratio`` (after psi's clamp, the one the rewards use), and the scalar
+    ``divergence``: mean_i w_i f(r_i), the importance-sampled estimate of D_f(p||pi) (f at its own clamp).
     """
     div, dtype = validate_dpg(
         policy_logprobs,
@@ -276,8 +290,12 @@ def f_dpg_loss(
             ell = target_logscores.detach().to(dtype) - z - log_pi
         else:
             ell = log_ratio.detach().to(dtype)
-        ell = clamp_log_ratio(ell, div, cap, of_f=True)
-        f_val, psi, _ = divergence_terms(ell, div)
+        # psi and f have their own clamps: f often grows faster than psi (js: f ~ r, psi ~ log r), and psi at
+        # f's clamp would cut the reward (js at l = 100: 29.3 instead of 99.3). Log-space psi is never clamped.
+        ell_f = clamp_log_ratio(ell, div, cap, of_f=True)
+        ell = clamp_log_ratio(ell, div, cap)
+        _, psi, _ = divergence_terms(ell, div)
+        f_val, _, _ = divergence_terms(ell_f, div)
         rewards = -psi
         if proposal_logprobs is not None:
             log_w = log_pi - proposal_logprobs.detach().to(dtype)

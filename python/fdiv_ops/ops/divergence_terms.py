@@ -81,7 +81,7 @@ def _rates(kind: int, param: float, of_f: bool) -> tuple[float, float]:
 
 
 def dtype_max_exponent(dtype: torch.dtype) -> float:
-    """log of the dtype's largest finite value, floored to 4 decimals (TRL's cap_exp: 88.7228 for float32)."""
+    """log of the dtype's largest finite value, floored to 4 decimals (TRL <= 0.28's cap_exp: 88.7228 for float32)."""
     return math.floor(math.log(torch.finfo(dtype).max) * 1e4) / 1e4
 
 

@@ -113,7 +113,7 @@ def _f_distill(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, grad, normalizer, h, ratio) in one call: the weights from disc_logits (if any), then the fused
     pass. global_h_stats ([sum h, count] all-reduced over ranks) replaces this batch's own when given. The loss
-    is 0-dim, or (B,) per-sample losses for reduction="none" (each 0.5 * sum g_b^2 over its D elements)."""
+    is 0-dim, or (B,) per-sample losses for reduction="none" (each 0.5 * mean g_b^2 over its D elements)."""
     loss, grad, normalizer, weight, ratio = _outputs(x, disc_logits, reduction)
     tensor_arg("f_distill", "teacher_x0", teacher_x0)
     tensor_arg("f_distill", "fake_x0", fake_x0)
@@ -143,7 +143,8 @@ def _f_distill(
             h_stats = None
     on_cuda = x.device.type == "cuda"
     per_sample = reduction == "none"
-    scale = 1.0 / (batch * dim) if reduction == "mean" and batch * dim > 0 else 1.0
+    # "mean": 1 / (B D); "none": 1 / D (each sample's mean, so that the mean of the B losses is the "mean" loss)
+    scale = {"mean": 1.0 / (batch * dim), "none": 1.0 / dim, "sum": 1.0}[reduction] if batch * dim > 0 else 1.0
     launch(
         _C.f_distill,
         x.device,
@@ -258,6 +259,27 @@ def compute_weights(
     return weights_op(logits, ratio_divisor, double_precision, logit_clamp, lo, hi, div.kernel_id, div.kernel_param)
 
 
+def _all_reduce_h_stats(x, disc_logits, div, logit_clamp, lo, hi, ratio_divisor, process_group) -> torch.Tensor:
+    """[sum h, count] summed over the ranks of process_group, in x's accumulation dtype.
+
+    Every rank makes this one all-reduce, of two float64 numbers, whatever its arguments (issue 16 item 7): a rank
+    that skipped it (no disc_logits, normalize=False) paired the next rank's all-reduce with an unrelated one of
+    its own. A rank without disc_logits has h = 1 (DMD2) and contributes [B, B]; a rank with normalize=False
+    contributes its h although its own h stays unnormalised. Float64 whatever the inputs' dtype, so that ranks of
+    different dtypes still exchange buffers of one type (the stats are e^-c [sum h, n] with c = 0 while h stays
+    below e^40 over the ratio clip, true of every divergence but extreme alphas: such ranks must share the dtype)."""
+    import torch.distributed as dist
+
+    acc = acc_dtype(x.dtype)
+    if disc_logits is None:
+        stats = x.new_full((2,), float(x.shape[0]), dtype=torch.float64)
+    else:
+        _, _, local = compute_weights(disc_logits, div, acc == torch.float64, logit_clamp, lo, hi, ratio_divisor)
+        stats = local.to(torch.float64, copy=True)
+    dist.all_reduce(stats, group=process_group)
+    return stats.to(acc)
+
+
 def f_distill(
     x: torch.Tensor,
     teacher_x0: torch.Tensor,
@@ -292,13 +314,10 @@ def f_distill(
     if ratio_divisor is not None:
         ratio_divisor = ratio_divisor.to(acc)
     global_h_stats = None
-    if disc_logits is not None and normalize and process_group is not None:
-        import torch.distributed as dist
-
-        _, _, global_h_stats = compute_weights(
-            disc_logits, div, acc == torch.float64, logit_clamp, lo, hi, ratio_divisor
-        )
-        dist.all_reduce(global_h_stats, group=process_group)  # [sum h, count] over every rank
+    if process_group is not None:
+        global_h_stats = _all_reduce_h_stats(x, disc_logits, div, logit_clamp, lo, hi, ratio_divisor, process_group)
+        if disc_logits is None or not normalize:
+            global_h_stats = None  # this rank's own result does not use the global mean
     loss, _, normalizer, weight, ratio = f_distill_op(
         x,
         teacher_x0,  # the op gives them no gradient
@@ -342,11 +361,13 @@ def f_distill_loss(
         w_b = h_b / (mean_i |x_bi - teacher_x0_bi| + eps)
         g   = w_b (fake_x0 - teacher_x0)               # detached
         loss = 0.5 * mean(g^2)   ("mean")  or  0.5 * sum(g^2)  ("sum")
-        loss_b = 0.5 * sum_i(g_bi^2)    ("none": per-sample losses (B,); their sum is the "sum" loss)
+        loss_b = 0.5 * mean_i(g_bi^2)   ("none": per-sample losses (B,); their mean is the "mean" loss)
 
-    The only gradient is to ``x``: g / (B D) for "mean", g for "sum", and for "none" g_b times each sample's
-    grad_output (the value and gradient of ``0.5 * mse(x, stopgrad(x - g))`` with that reduction, summed within
-    each sample for "none"). Nothing flows into the logits, the teacher or the fake network.
+    The only gradient is to ``x``: g / (B D) for "mean", g for "sum", and for "none" g_b / D times each sample's
+    grad_output: the value and gradient of ``0.5 * mse(x, stopgrad(x - g))`` with that reduction, and for "none"
+    of ``0.5 * mse(..., reduction="none").mean(dim=(1, ...))``, the per-sample loss a FastGen/DMD2 trainer
+    would weight (so that weights of 1 give back the default "mean" loss). Nothing flows into the logits, the
+    teacher or the fake network.
 
     Args:
         x: generator samples (B, ...), float32/float64/bfloat16/float16; any strides.
@@ -357,7 +378,9 @@ def f_distill_loss(
             total_variation has h = 0 and is rejected.
         normalize: divide h by its batch mean (FastGen); ``eps`` guards the DMD normaliser (> 0).
         process_group: make the batch mean of h global over data-parallel ranks (one all-reduce of two
-            numbers); None keeps it per rank.
+            float64 numbers, [sum h, count]); None keeps it per rank. Every rank makes that all-reduce whatever
+            its arguments: a rank without disc_logits counts as h = 1 per sample, a rank with normalize=False
+            contributes its h and keeps its own h unnormalised; batch sizes may differ between ranks.
 
     Returns the scalar loss ((B,) for "none"), float32 for 16-bit inputs (accumulated in float32), else x's dtype.
     NaN or inf in a sample's inputs make that sample's gradient and the loss NaN/inf, as in the

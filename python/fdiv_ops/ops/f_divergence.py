@@ -23,6 +23,7 @@ from .._validation import (
     check_same,
 )
 from ..divergences import Divergence, resolve
+from . import vocab_parallel
 from ._plumbing import Op, launch, row_weights, saved_gradient, scalar_arg, tensor_arg
 
 REDUCTIONS = ("batchmean", "sum", "none")
@@ -206,6 +207,7 @@ def f_divergence_loss(
     teacher_is_logprobs: bool = False,
     teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None,
     max_vocab_pad: int | None = DEFAULT_MAX_VOCAB_PAD,
+    vocab_parallel_group: object | None = None,
 ) -> torch.Tensor:
     r"""Token-level f-divergence D_f(p || q) between teacher p and student q, per row of (..., V) logits.
 
@@ -214,9 +216,11 @@ def f_divergence_loss(
         loss_row = sum_v q_v f(p_v / q_v)          grad_z = (1/T) q (psi - sum_v q_v psi_v)
 
     ``divergence="forward_kl"`` is KL(p||q), ``"reverse_kl"`` KL(q||p); ``fdiv_ops.gkd_jsd(beta)``
-    reproduces TRL's ``generalized_jsd_loss(student_logits, teacher_logits, labels, beta, temperature,
-    reduction="batchmean")`` for its (batch, seq, V) logits, beta = 0 (forward_kl) and 1 (reverse_kl)
-    included (TRL applies no T^2 factor, neither does this). Only the student gets a gradient.
+    reproduces TRL 1.x's ``generalized_jsd_loss(student_logits, teacher_logits, labels, beta, temperature,
+    reduction="batchmean")`` (checked with trl 1.16.0) for its (batch, seq, V) logits when labels are given,
+    beta = 0 (forward_kl) and 1 (reverse_kl) included (TRL applies no T^2 factor, neither does this). With
+    labels=None TRL 1.x divides by the batch B, this by the B * seq rows; ``fdiv_ops.integrations.trl`` has
+    TRL's exact semantics. Only the student gets a gradient.
 
     Args:
         student_logits: (..., V) float32/float64/bfloat16/float16, any strides (a non-contiguous tensor
@@ -257,7 +261,27 @@ def f_divergence_loss(
     valid in the dtype the kernels compute in (float32 for float32/16-bit logits: alpha(1 - 1e-9) is refused
     there). The gradient is computed in forward by the kernel, so double backward (create_graph=True) raises
     RuntimeError rather than returning a gradient that is not itself differentiable.
+
+    ``vocab_parallel_group``: a torch.distributed process group over which the vocabulary is sharded (tensor
+    parallelism): each rank passes its contiguous shard of the student and teacher logits and the same global
+    labels, and gets the unsharded loss and its shard's gradient (two O(rows) collectives per call, none in
+    backward; ``teacher_topk`` is not supported). See docs/vocab_parallel.md. None: the logits are whole.
     """
+    if vocab_parallel_group is not None:
+        return vocab_parallel.f_divergence_loss(
+            student_logits,
+            teacher_logits,
+            divergence=divergence,
+            temperature=temperature,
+            labels=labels,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            num_items_in_batch=num_items_in_batch,
+            teacher_is_logprobs=teacher_is_logprobs,
+            teacher_topk=teacher_topk,
+            max_vocab_pad=max_vocab_pad,
+            group=vocab_parallel_group,
+        )
     _validate(
         student_logits,
         teacher_logits,

@@ -25,6 +25,7 @@ from .._validation import (
     check_same,
 )
 from ..divergences import Divergence, resolve
+from . import vocab_parallel
 from ._chunking import chunk_buffer, chunk_logits, fp32_weight, mm_fp32, row_chunks
 from ._plumbing import Op, launch, row_weights, saved_gradient, scalar_arg, tensor_arg
 from .f_divergence import DEFAULT_MAX_VOCAB_PAD
@@ -308,6 +309,7 @@ def fused_linear_f_divergence(
     num_items_in_batch: float | torch.Tensor | None = None,
     chunk_size: int | None = None,
     max_vocab_pad: int | None = DEFAULT_MAX_VOCAB_PAD,
+    vocab_parallel_group: object | None = None,
 ) -> torch.Tensor:
     r"""f_divergence_loss(student_hidden @ student_weight.T + b_s, teacher_hidden @ teacher_weight.T + b_t)
     plus an optional hard cross-entropy term, without ever holding more than one chunk of logits.
@@ -349,7 +351,33 @@ def fused_linear_f_divergence(
     inside the op; under CUDA-graph capture pass chunk_size explicitly. Returns a
     0-dim float32 loss (float64 for float64 inputs). reduction="none" is not offered: a per-row
     grad_output cannot be applied to a gradient already summed over rows (grad_weight).
+
+    ``vocab_parallel_group``: the LM heads are sharded over this torch.distributed group by vocabulary rows
+    (column-parallel): each rank passes its rows of both weights (and biases) and the same hidden states and
+    labels; the loss is the unsharded one on every rank, the weight gradients are each rank's own rows, and the
+    gradient of student_hidden is this rank's partial g_shard W_shard (sum it over the group, as a column-parallel
+    layer's input gradient is). Two O(rows) collectives per chunk; chunk_size=None means 1024 rows, the same on
+    every rank. See docs/vocab_parallel.md.
     """
+    if vocab_parallel_group is not None:
+        return vocab_parallel.fused_linear_f_divergence(
+            student_hidden,
+            student_weight,
+            teacher_hidden,
+            teacher_weight,
+            student_bias=student_bias,
+            teacher_bias=teacher_bias,
+            labels=labels,
+            divergence=divergence,
+            temperature=temperature,
+            ignore_index=ignore_index,
+            hard_loss_weight=hard_loss_weight,
+            reduction=reduction,
+            num_items_in_batch=num_items_in_batch,
+            chunk_size=chunk_size,
+            max_vocab_pad=max_vocab_pad,
+            group=vocab_parallel_group,
+        )
     _validate(
         student_hidden,
         student_weight,

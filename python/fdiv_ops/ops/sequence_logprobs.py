@@ -20,6 +20,7 @@ import torch
 from .. import _C
 from .._backend import acc_dtype
 from .._validation import check_bool, check_float_tensor, check_int, check_integer_tensor, check_positive, check_same
+from . import vocab_parallel
 from ._chunking import chunk_logits, fp32_weight, mm_fp32, row_chunks
 from ._plumbing import Op, launch, refuse_double_backward, scalar_arg, tensor_arg
 
@@ -196,6 +197,7 @@ def sequence_logprobs(
     ignore_index: int = ...,
     temperature: float = ...,
     return_entropy: Literal[False] = ...,
+    vocab_parallel_group: object | None = ...,
 ) -> torch.Tensor: ...
 @overload
 def sequence_logprobs(
@@ -205,6 +207,7 @@ def sequence_logprobs(
     ignore_index: int = ...,
     temperature: float = ...,
     return_entropy: Literal[True],
+    vocab_parallel_group: object | None = ...,
 ) -> tuple[torch.Tensor, torch.Tensor]: ...
 def sequence_logprobs(
     logits: torch.Tensor,
@@ -213,6 +216,7 @@ def sequence_logprobs(
     ignore_index: int = -100,
     temperature: float = 1.0,
     return_entropy: bool = False,
+    vocab_parallel_group: object | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     r"""Per-token log pi(label) = log_softmax(logits / T)[label], fused: no (..., V) log-softmax is built.
 
@@ -229,7 +233,21 @@ def sequence_logprobs(
     Labels outside [0, V) (other than ignore_index) raise ValueError on CPU; on CUDA, where checking needs a
     host sync, those positions give NaN. A row of all -inf logits gives -inf and no gradient. Double backward
     (create_graph=True) raises RuntimeError: the kernels form no second derivative.
+
+    ``vocab_parallel_group``: a torch.distributed group over which the vocabulary is sharded: logits is this
+    rank's contiguous shard, labels the global ids (the same on every rank); log-probs and entropy are the
+    unsharded ones on every rank, the gradient that of the shard (two O(rows) collectives in forward, none in
+    backward; non-contiguous logits are copied). See docs/vocab_parallel.md.
     """
+    if vocab_parallel_group is not None:
+        return vocab_parallel.sequence_logprobs(
+            logits,
+            labels,
+            ignore_index=ignore_index,
+            temperature=temperature,
+            return_entropy=return_entropy,
+            group=vocab_parallel_group,
+        )
     check_float_tensor("logits", logits)
     if logits.dim() < 2 or logits.shape[-1] == 0:
         raise ValueError(f"logits must have shape (..., V) with V >= 1, got {tuple(logits.shape)}")
@@ -415,6 +433,7 @@ def fused_linear_sequence_logprobs(
     temperature: float = ...,
     return_entropy: Literal[False] = ...,
     chunk_size: int = ...,
+    vocab_parallel_group: object | None = ...,
 ) -> torch.Tensor: ...
 @overload
 def fused_linear_sequence_logprobs(
@@ -427,6 +446,7 @@ def fused_linear_sequence_logprobs(
     temperature: float = ...,
     return_entropy: Literal[True],
     chunk_size: int = ...,
+    vocab_parallel_group: object | None = ...,
 ) -> tuple[torch.Tensor, torch.Tensor]: ...
 def fused_linear_sequence_logprobs(
     hidden: torch.Tensor,
@@ -438,6 +458,7 @@ def fused_linear_sequence_logprobs(
     temperature: float = 1.0,
     return_entropy: bool = False,
     chunk_size: int = 1024,
+    vocab_parallel_group: object | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     r"""sequence_logprobs(hidden @ weight.T + bias, labels) without materialising the logits.
 
@@ -452,7 +473,25 @@ def fused_linear_sequence_logprobs(
         chunk_size: rows per chunk (>= 1).
 
     Returns what sequence_logprobs returns for the same logits.
+
+    ``vocab_parallel_group``: weight (and bias) are this rank's rows of an LM head sharded by vocabulary over this
+    torch.distributed group; the result is the unsharded one on every rank, the weight gradient this rank's rows,
+    and the gradient of hidden this rank's partial g_shard W_shard (sum it over the group, as a column-parallel
+    layer's input gradient is). Two O(rows) collectives per chunk in forward (every rank must pass the same
+    chunk_size). See docs/vocab_parallel.md.
     """
+    if vocab_parallel_group is not None:
+        return vocab_parallel.fused_linear_sequence_logprobs(
+            hidden,
+            weight,
+            labels,
+            bias=bias,
+            ignore_index=ignore_index,
+            temperature=temperature,
+            return_entropy=return_entropy,
+            chunk_size=chunk_size,
+            group=vocab_parallel_group,
+        )
     check_float_tensor("hidden", hidden)
     check_float_tensor("weight", weight)
     check_same("weight", weight, "hidden", hidden, shape=False)

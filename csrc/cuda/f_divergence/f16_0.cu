@@ -1,0 +1,4 @@
+// Unit 0 of the f16 token-KD kernels (see units.h): the divergences whose id % kUnits == 0.
+#include "unit.cuh"
+
+FDIV_TOKEN_KD_UNIT(__half, 0)
