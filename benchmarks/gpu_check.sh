@@ -68,7 +68,7 @@ STAGES=/tmp/gpu_check_stages.jsonl
 export PYTHONUNBUFFERED=1 TRL_EXPERIMENTAL_SILENCE=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
 BENCH_OPS="f_divergence fused_linear sequence_logprobs f_distill"
-# 77 small CUDA tests that launch every kernel: divergence_eval, f_divergence dense and top-k, the f_distill
+# 77 small CUDA tests that launch every kernel: divergence_terms, f_divergence dense and top-k, the f_distill
 # kernels, sequence_logprobs, the fused-linear row kernel.
 SAN_TESTS="cuda and (kernel_functors_match_reference_float32 or (test_matches_reference and (-js] or forward_kl])) or topk_teacher or awkward or matches_log_softmax_gather or block_rescaling or row_kernel_may_write)"
 

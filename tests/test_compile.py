@@ -2,6 +2,11 @@
 changing batch sizes (dynamic=True) trace without graph breaks, give the eager results, and recompile a bounded
 number of times (the validation is comparisons only, which become guards; see fdiv_ops/_validation.py)."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import fdiv_ops
 import torch
 from torch._dynamo.utils import counters
@@ -271,6 +276,33 @@ def test_stateful_modules_compile_and_update_like_eager():
         for key, value in eager.state_dict().items():
             torch.testing.assert_close(compiled_module.state_dict()[key], value, rtol=1e-6, atol=1e-7, equal_nan=True)
         _record(name + " dynamic", _graphs())
+
+
+def test_constant_marker_is_torchs():
+    """fdiv_ops marks its constant-folded helpers itself (fdiv_ops/_compiler.py) so that importing it does not
+    import torch._dynamo; the marker must be exactly what torch.compiler.assume_constant_result sets."""
+    from fdiv_ops._compiler import assume_constant_result
+
+    def ours():
+        return 0
+
+    def torchs():
+        return 0
+
+    assert assume_constant_result(ours) is ours
+    torch.compiler.assume_constant_result(torchs)
+    assert vars(ours) == vars(torchs) and vars(ours)
+
+
+def test_import_does_not_load_dynamo():
+    """`import fdiv_ops` (and so every fdiv-ops command, even one refused for its arguments) must not pay for
+    torch._dynamo (about 2 s); torch.compile imports it when it is used."""
+    code = "import sys, fdiv_ops; print('torch._dynamo' in sys.modules)"
+    env = dict(os.environ)
+    package_parent = str(Path(fdiv_ops.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr
 
 
 def test_report_graph_counts():

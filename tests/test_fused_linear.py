@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from fdiv_ops import _C
 from fdiv_ops import reference as ref
 from fdiv_ops.ops._plumbing import launch
-from fdiv_ops.ops.fused_linear import auto_chunk_size, fused_op
+from fdiv_ops.ops.fused_linear import CPU_LOGITS_BUDGET, auto_chunk_size, fused_op
 
 _fused_op = fused_op.op
 
@@ -339,7 +339,7 @@ def test_module_matches_function():
 def test_auto_chunk_size():
     cpu = torch.device("cpu")
     assert auto_chunk_size(1024, 32000, 32000, cpu) == 1024  # small inputs: one chunk
-    assert auto_chunk_size(100_000, 32000, 32000, cpu) == (256 << 20) // (4 * 32000)
+    assert auto_chunk_size(100_000, 32000, 32000, cpu) == CPU_LOGITS_BUDGET // (4 * 32000)
     assert auto_chunk_size(10, 10**12, 10, cpu) == 1  # at least one row
 
 

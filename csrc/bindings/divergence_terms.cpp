@@ -1,7 +1,7 @@
 // The divergence table as Python sees it, and divergence_terms: f, psi and h of one divergence evaluated
-// element-wise over log-ratios (fdiv_ops.divergence_terms; kernels csrc/{cpu,cuda}/divergence_eval.*).
+// element-wise over log-ratios (fdiv_ops.divergence_terms; kernels csrc/{cpu,cuda}/divergence_terms.*).
 #include "fdiv_ops/binding_utils.h"
-#include "fdiv_ops/divergence_eval.h"
+#include "fdiv_ops/divergence_terms.h"
 
 namespace fdiv_ops::binding {
 
@@ -26,10 +26,10 @@ void divergence_terms(py::handle log_ratio_arg, py::handle f_arg, py::handle psi
     expect_contiguous(*out);
   }
   common_device({&l, &f, &psi, &h});
-  DivergenceEvalArgs a{
+  DivergenceTermsArgs a{
       divergence_spec(kOp, kind, param, l.dtype()), l.dtype(), l.data, l.numel(), f.data, psi.data, h.data};
   if (a.n == 0) return;
-  launch(l, stream, [&] { divergence_eval_cpu(a); }, FDIV_CUDA_FN(divergence_eval_cuda(a, cuda_stream)));
+  launch(l, stream, [&] { divergence_terms_cpu(a); }, FDIV_CUDA_FN(divergence_terms_cuda(a, cuda_stream)));
 }
 
 }  // namespace

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from . import _C
+from ._compiler import assume_constant_result
 
 # The divergence table lives once, in C++ (csrc/include/fdiv_ops/divergences.h, FDIV_DIVERGENCES):
 # name -> (kernel id, parameter rule, parameter name, default). Everything here derives from it.
@@ -26,7 +27,7 @@ _PARAMETERS: dict[str, tuple[str, float | None] | None] = {
 DIVERGENCES: tuple[str, ...] = tuple(_PARAMETERS)
 
 
-@torch.compiler.assume_constant_result  # a pure function of constants: torch.compile evaluates it once
+@assume_constant_result  # a pure function of constants: torch.compile evaluates it once
 def _param_error(kind: int, value: float, single: bool) -> str | None:
     """None if `value` is a valid parameter of divergence `kind` computed in float32 (single) or float64,
     else what was expected ("must ..."): the rule lives in C++ (param_error in divergences.h)."""

@@ -39,18 +39,34 @@ def _gemm_has_fp32_out(tensor: torch.Tensor) -> bool:
     return HAS_MM_OUT_DTYPE and tensor.device.type == "cuda"
 
 
-def mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b with an fp32 (fp64 for fp64) result, never rounded to 16 bits on the way."""
+def mm_fp32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b with an fp32 (fp64 for fp64) result, never rounded to 16 bits on the way; written into `out` (of the
+    result's shape and dtype) when given, except on CUDA's 16-bit out_dtype path, which returns a new tensor."""
     if a.dtype in (torch.float32, torch.float64) and b.dtype == a.dtype:
-        return a @ b
+        return a @ b if out is None else torch.mm(a, b, out=out)
     if a.dtype == b.dtype and _gemm_has_fp32_out(a):
         return torch.mm(a, b, out_dtype=torch.float32)
-    return a.float() @ b.float()
+    a32, b32 = a.float(), b.float()
+    return a32 @ b32 if out is None else torch.mm(a32, b32, out=out)
 
 
-def chunk_logits(hidden_chunk: torch.Tensor, weight_op: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """(n, V) logits of one chunk in fp32 (fp64 for fp64 inputs): hidden_chunk @ weight.T (+ bias)."""
-    logits = mm_fp32(hidden_chunk, weight_op.t())
+def chunk_logits(
+    hidden_chunk: torch.Tensor, weight_op: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(n, V) logits of one chunk in fp32 (fp64 for fp64 inputs): hidden_chunk @ weight.T (+ bias), in `out` when
+    given and the GEMM can write there (see mm_fp32): the caller must use the returned tensor."""
+    logits = mm_fp32(hidden_chunk, weight_op.t(), out)
     if bias is not None:
         logits += bias.to(logits.dtype)
     return logits
+
+
+def chunk_buffer(rows: int, chunk_size: int, vocab: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """On the CPU, one (chunk_size, vocab) buffer that every chunk's logits reuse (its first n rows); None for a
+    single chunk, and on CUDA, whose caching allocator already hands the freed chunk back to the next one.
+
+    Large tensors come from mmap on the CPU and go back to the OS when freed, so a fresh logits tensor per chunk
+    pays the page faults (and zeroing) of its whole size again in every chunk; one buffer pays them once."""
+    if rows <= chunk_size or like.device.type != "cpu":
+        return None
+    return torch.empty((chunk_size, vocab), dtype=dtype, device=like.device)

@@ -18,6 +18,7 @@ import math
 import torch
 
 from .. import _C
+from .._compiler import assume_constant_result
 from .._validation import check_float_tensor
 from ..divergences import Divergence, resolve
 from ._plumbing import Op, launch, operand, refuse_double_backward, tensor_arg
@@ -71,7 +72,7 @@ divergence_terms_op = Op(
 _RATES: dict[tuple[int, float, bool], tuple[float, float]] = {}
 
 
-@torch.compiler.assume_constant_result  # a pure function of constants: torch.compile bakes the result in
+@assume_constant_result  # a pure function of constants: torch.compile bakes the result in
 def _rates(kind: int, param: float, of_f: bool) -> tuple[float, float]:
     key = (kind, param, of_f)
     if key not in _RATES:

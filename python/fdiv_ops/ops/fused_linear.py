@@ -26,19 +26,21 @@ from .._validation import (
 )
 from ..divergences import Divergence, resolve
 from . import vocab_parallel
-from ._chunking import chunk_logits, fp32_weight, mm_fp32, row_chunks
+from ._chunking import chunk_buffer, chunk_logits, fp32_weight, mm_fp32, row_chunks
 from ._plumbing import Op, launch, row_weights, saved_gradient, scalar_arg, tensor_arg
 from .f_divergence import DEFAULT_MAX_VOCAB_PAD
 
 REDUCTIONS = ("batchmean", "sum")
-CPU_LOGITS_BUDGET = 256 << 20  # bytes of fp32 logits per side in one chunk on the CPU
+# bytes of fp32 logits per side in one chunk on the CPU: 2 x 128 MiB of chunk logits keep the extra memory at
+# 4096 x 1024 x 32000 near 16% of the idiomatic loss's (both models' full logits), with GEMMs of >= 1000 rows
+CPU_LOGITS_BUDGET = 128 << 20
 CUDA_LOGITS_BUDGET = 2 << 30  # cap on the bytes of one chunk's logits (both sides) on CUDA
 
 
 def auto_chunk_size(rows: int, student_vocab: int, teacher_vocab: int, device: torch.device) -> int:
     """Rows per chunk from the vocabulary sizes and the memory at hand; all rows when they fit.
 
-    CPU: 256 MiB of fp32 logits per side. CUDA: the two fp32 logits chunks plus a 16-bit copy of the
+    CPU: 128 MiB of fp32 logits per side. CUDA: the two fp32 logits chunks plus a 16-bit copy of the
     gradient take at most a quarter of the free memory (cudaMemGetInfo: no stream sync) and 2 GiB.
     """
     if device.type == "cuda":
@@ -162,11 +164,17 @@ def _fused(
     grad_weight = torch.zeros(student_weight.shape if weight_grad else (0,), dtype=acc, device=student_weight.device)
     grad_bias = torch.zeros(vocab_s if student_bias is not None else 0, dtype=acc, device=student_weight.device)
     w_s, w_t = fp32_weight(student_weight), fp32_weight(teacher_weight)
+    # the two logits chunks, reused by every chunk on the CPU (None: a fresh tensor per chunk)
+    student_buf = chunk_buffer(rows, chunk_size, vocab_s, student_hidden, acc)
+    teacher_buf = chunk_buffer(rows, chunk_size, vocab_t, teacher_hidden, acc_dtype(teacher_hidden.dtype))
     for start, end in row_chunks(rows, chunk_size):
         h = student_hidden[start:end]
-        logits = chunk_logits(h, w_s, student_bias)  # (n, V) fp32 (fp64): becomes the gradient in place
+        n = end - start
+        # (n, V) fp32 (fp64): becomes the gradient in place
+        logits = chunk_logits(h, w_s, student_bias, None if student_buf is None else student_buf[:n])
         with torch.no_grad():
-            teacher_logits = chunk_logits(teacher_hidden[start:end], w_t, teacher_bias).to(logits.dtype)
+            out_t = None if teacher_buf is None else teacher_buf[:n]
+            teacher_logits = chunk_logits(teacher_hidden[start:end], w_t, teacher_bias, out_t).to(logits.dtype)
         _row_kernel_in_place(
             logits,
             teacher_logits,
@@ -190,6 +198,7 @@ def _fused(
         if weight_grad:
             _accumulate_weight_grad(grad_weight, g, h)
         del logits, grad_logits, g
+    del student_buf, teacher_buf
     loss = row_loss.sum()
     return loss, grad_hidden, grad_weight.to(student_weight.dtype), grad_bias.to(student_weight.dtype)
 
@@ -327,7 +336,7 @@ def fused_linear_f_divergence(
         labels: integer tensor of the leading shape; ignore_index rows count for nothing. Required when
             ``hard_loss_weight > 0``; labels outside [0, V) raise ValueError on CPU, and make the loss NaN on
             CUDA (no host sync to check).
-        chunk_size: rows per chunk; None picks it from V, V' and the free memory (CPU: 256 MiB of fp32
+        chunk_size: rows per chunk; None picks it from V, V' and the free memory (CPU: 128 MiB of fp32
             logits per side; CUDA: a quarter of the free memory, at most 2 GiB), all rows when they fit.
 
     Memory: one chunk of fp32 logits per side (the gradient is written over the student's), the outputs

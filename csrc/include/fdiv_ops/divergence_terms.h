@@ -9,7 +9,7 @@
 
 namespace fdiv_ops {
 
-struct DivergenceEvalArgs {
+struct DivergenceTermsArgs {
   DivergenceSpec divergence;
   DType dtype;  // float32 or float64
   const void* log_ratio;
@@ -19,9 +19,9 @@ struct DivergenceEvalArgs {
   void* h_out;
 };
 
-void divergence_eval_cpu(const DivergenceEvalArgs& args);
+void divergence_terms_cpu(const DivergenceTermsArgs& args);
 #ifdef FDIV_OPS_WITH_CUDA
-int divergence_eval_cuda(const DivergenceEvalArgs& args, void* stream);
+int divergence_terms_cuda(const DivergenceTermsArgs& args, void* stream);
 #endif
 
 }  // namespace fdiv_ops

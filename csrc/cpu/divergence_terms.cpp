@@ -1,7 +1,7 @@
-// CPU side of the divergence evaluation binding (see include/fdiv_ops/divergence_eval.h).
+// CPU side of the divergence_terms binding (see include/fdiv_ops/divergence_terms.h).
 // One pass; per element one call each of f, psi and h (divergences.h): 0 to 5 exp/log each, by divergence
 // (e.g. js: f 5, psi 2, h 1; reverse_kl: none). A test binding, not a hot path.
-#include "fdiv_ops/divergence_eval.h"
+#include "fdiv_ops/divergence_terms.h"
 
 #include <stdexcept>
 
@@ -9,7 +9,7 @@ namespace fdiv_ops {
 namespace {
 
 template <typename T>
-void eval(const DivergenceEvalArgs& a) {
+void terms(const DivergenceTermsArgs& a) {
   const T* l = static_cast<const T*>(a.log_ratio);
   T* f = static_cast<T*>(a.f_out);
   T* psi = static_cast<T*>(a.psi_out);
@@ -24,13 +24,13 @@ void eval(const DivergenceEvalArgs& a) {
 
 }  // namespace
 
-void divergence_eval_cpu(const DivergenceEvalArgs& args) {
+void divergence_terms_cpu(const DivergenceTermsArgs& args) {
   if (args.dtype == DType::float64)
-    eval<double>(args);
+    terms<double>(args);
   else if (args.dtype == DType::float32)
-    eval<float>(args);
+    terms<float>(args);
   else
-    throw std::invalid_argument("divergence_eval: log_ratio must be float32 or float64");
+    throw std::invalid_argument("divergence_terms: log_ratio must be float32 or float64");
 }
 
 }  // namespace fdiv_ops
